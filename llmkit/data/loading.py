@@ -1,0 +1,229 @@
+"""Reading labelled splits (local files or a hub dataset) into `datasets` with integer labels."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmkit.errors import DataError
+from llmkit.recipe.schema import DataSection
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+LABELS = "labels"  # the column Trainer and the collators expect
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class LabelledSplits:
+    """Text columns plus integer `labels`; `label_names[i]` names label i."""
+
+    splits: dict[str, Dataset]
+    label_names: list[str]
+    validation_carved: bool = False
+
+
+def load_splits(data: DataSection, seed: int) -> LabelledSplits:
+    raw = _read_files(data) if data.train_file is not None else _read_hub(data)
+    for split, dataset in raw.items():
+        _check_columns(dataset, data, _describe_split(data, split))
+    label_names, to_id = _label_mapping(raw["train"], data)
+    encoded = {
+        split: _encode_labels(ds, data, to_id, len(label_names), _describe_split(data, split))
+        for split, ds in raw.items()
+    }
+    carved = "validation" not in encoded
+    if carved:
+        encoded.update(_carve_validation(encoded.pop("train"), data, seed))
+    caps = {
+        "train": data.max_train_samples,
+        "validation": data.max_eval_samples,
+        "test": data.max_eval_samples,
+    }
+    for split, cap in caps.items():
+        if cap is not None and split in encoded and len(encoded[split]) > cap:
+            encoded[split] = encoded[split].select(range(cap))
+    return LabelledSplits(splits=encoded, label_names=label_names, validation_carved=carved)
+
+
+def _describe_split(data: DataSection, split: str) -> str:
+    path = getattr(data, f"{split}_file", None)
+    return f"'{path}'" if path is not None else f"split '{split}' of {data.dataset}"
+
+
+def _read_files(data: DataSection) -> dict[str, Dataset]:
+    paths = {split: getattr(data, f"{split}_file") for split in SPLITS}
+    return {split: _read_file(path, data) for split, path in paths.items() if path is not None}
+
+
+def _read_file(path: Path, data: DataSection) -> Dataset:
+    from datasets import load_dataset
+
+    if not path.is_file():
+        raise DataError(f"Data file '{path}' does not exist.", hint="check the data.*_file paths")
+    file_format = data.file_format(path)
+    options: dict[str, Any] = {}
+    if file_format == "csv":
+        options = {
+            "sep": data.field_delimiter(path),
+            "quoting": csv.QUOTE_NONE if data.quoting == "none" else csv.QUOTE_MINIMAL,
+            # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark some editors write.
+            "encoding": "utf-8-sig" if data.encoding.lower().replace("_", "-") == "utf-8" else data.encoding,
+            # Text stays text: no 'NA'/'null' sentences turned into missing values, no numbers.
+            "keep_default_na": False,
+            "converters": {column: str for column in data.text_columns},
+        }
+    try:
+        dataset = load_dataset(file_format, data_files={"data": str(path)}, split="data", **options)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"'{path}' is not valid {data.encoding} text (byte {exc.start}: {exc.reason}).",
+            hint="set data.encoding to the file's encoding, e.g. data.encoding=latin-1",
+        ) from exc
+    except Exception as exc:  # the builders wrap parser errors in several exception types
+        raise DataError(
+            f"Could not read '{path}' as {file_format}: {_root_cause(exc)}", hint=_read_hint(path, data)
+        ) from exc
+    if len(dataset) == 0:
+        raise DataError(f"'{path}' has no rows.")
+    return dataset
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _read_hint(path: Path, data: DataSection) -> str:
+    if data.file_format(path) == "csv":
+        return (
+            "check data.delimiter and data.quoting; files with literal quote characters "
+            "(such as GLUE's TSVs) need data.quoting=none"
+        )
+    return "check that the file is valid for its extension"
+
+
+def _read_hub(data: DataSection) -> dict[str, Dataset]:
+    from datasets import load_dataset
+
+    assert data.dataset is not None
+    wanted = {"train": data.train_split, "validation": data.validation_split, "test": data.test_split}
+    try:
+        available = load_dataset(data.dataset, data.config)
+    except Exception as exc:
+        raise DataError(
+            f"Could not load dataset '{data.dataset}' from the Hugging Face hub: {_root_cause(exc)}",
+            hint="without network access, export the splits to csv/jsonl/parquet and set "
+            "data.train_file (and data.validation_file, data.test_file)",
+        ) from exc
+    if data.train_split not in available:
+        raise DataError(
+            f"Dataset '{data.dataset}' has no split '{data.train_split}'.",
+            hint=f"set data.train_split to one of: {', '.join(available)}",
+        )
+    return {
+        split: available[name] for split, name in wanted.items() if name is not None and name in available
+    }
+
+
+def _check_columns(dataset: Dataset, data: DataSection, where: str) -> None:
+    columns = dataset.column_names
+    missing = [c for c in (*data.text_columns, data.label_column) if c not in columns]
+    if missing:
+        raise DataError(
+            f"{where} has no column {', '.join(repr(c) for c in missing)}; its columns are: "
+            f"{', '.join(columns)}.",
+            hint="set data.text_columns and data.label_column to columns the file has",
+        )
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _label_mapping(train: Dataset, data: DataSection) -> tuple[list[str], dict[Any, int]]:
+    values = train[data.label_column]
+    _check_no_missing(values, f"the training data ({_describe_split(data, 'train')})", data)
+    distinct = set(values)
+    as_ints = {value: _as_int(value) for value in distinct}
+    numeric = all(number is not None for number in as_ints.values())
+    if data.label_names is not None:
+        names = data.label_names
+        if not numeric or not all(0 <= as_ints[v] < len(names) for v in distinct):  # type: ignore[operator]
+            raise DataError(
+                f"data.label_names names {len(names)} labels, so labels must be integers "
+                f"0..{len(names) - 1}; the training data has: {_preview(distinct)}.",
+                hint="drop data.label_names to use the labels as written",
+            )
+        return list(names), {v: as_ints[v] for v in distinct}  # type: ignore[misc]
+    ordered = sorted(distinct, key=lambda v: as_ints[v]) if numeric else sorted(distinct, key=str)
+    names = [str(as_ints[v]) if numeric else str(v) for v in ordered]
+    if len(names) < 2:
+        raise DataError(
+            f"The training data has a single label ({names[0]!r}); a classifier needs at least two.",
+            hint="check data.label_column, and that data.max_train_samples does not cut a sorted file",
+        )
+    return names, {value: index for index, value in enumerate(ordered)}
+
+
+def _check_no_missing(values: list[Any], where: str, data: DataSection) -> None:
+    rows = [i for i, value in enumerate(values) if _is_missing(value)]
+    if rows:
+        shown = ", ".join(str(r + 1) for r in rows[:10]) + (" ..." if len(rows) > 10 else "")
+        raise DataError(
+            f"{len(rows)} rows of {where} have no '{data.label_column}' label (data rows {shown}).",
+            hint="fill in or remove those rows",
+        )
+
+
+def _preview(values: set[Any]) -> str:
+    shown = sorted(map(str, values))[:10]
+    return ", ".join(shown) + (" ..." if len(values) > 10 else "")
+
+
+def _encode_labels(
+    dataset: Dataset, data: DataSection, to_id: dict[Any, int], num_labels: int, where: str
+) -> Dataset:
+    from datasets import ClassLabel, Value
+
+    values = dataset[data.label_column]
+    _check_no_missing(values, where, data)
+    by_key = {_label_key(k): v for k, v in to_id.items()}
+    unseen = {v for v in set(values) if _label_key(v) not in by_key}
+    if unseen:
+        raise DataError(
+            f"{where} has labels that never occur in the training data: {_preview(unseen)}.",
+            hint="a classifier can only predict labels it was trained on; check data.label_column",
+        )
+    ids = [by_key[_label_key(v)] for v in values]
+    keep = [*data.text_columns]
+    dataset = dataset.select_columns(keep).add_column(LABELS, ids, feature=Value("int64"))
+    return dataset.cast_column(LABELS, ClassLabel(num_classes=num_labels))
+
+
+def _label_key(value: Any) -> Any:
+    # 1, 1.0 and "1" are the same label when a file's column types differ between splits.
+    number = _as_int(value)
+    return number if number is not None else str(value)
+
+
+def _carve_validation(train: Dataset, data: DataSection, seed: int) -> dict[str, Dataset]:
+    parts = train.train_test_split(test_size=data.validation_fraction, seed=seed, stratify_by_column=LABELS)
+    return {"train": parts["train"], "validation": parts["test"]}

@@ -1,0 +1,31 @@
+"""Tokenising labelled splits once, without padding: batches are padded later, to their own
+longest example, by the collator."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llmkit.data.loading import LABELS
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+
+
+def tokenize_split(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    text_columns: list[str],
+    max_length: int,
+    split: str,
+) -> Dataset:
+    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        texts = [batch[column] for column in text_columns]
+        return tokenizer(*texts, truncation=True, max_length=max_length)  # type: ignore[return-value]
+
+    drop = [c for c in dataset.column_names if c != LABELS]
+    return dataset.map(encode, batched=True, remove_columns=drop, desc=f"Tokenising {split}")
+
+
+def real_token_count(dataset: Dataset) -> int:
+    return sum(len(ids) for ids in dataset["input_ids"])

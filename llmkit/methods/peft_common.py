@@ -1,0 +1,32 @@
+"""What the PEFT-backed methods share: wrapping with the new head kept trainable and saved."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from llmkit.errors import ModelError
+from llmkit.methods.registry import ModelTraits
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+    from transformers import PreTrainedModel
+
+
+def wrap_with_peft(model: PreTrainedModel, config: PeftConfig, traits: ModelTraits) -> Any:
+    from peft import get_peft_model
+
+    # PEFT adds `classifier`/`score` by itself; naming every newly initialised module as well
+    # keeps heads with other names (or a fresh pooler) trained and saved with the adapter.
+    config.modules_to_save = sorted(set(config.modules_to_save or []) | set(traits.new_modules))
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise ModelError(
+            f"PEFT could not wrap this {traits.model_type} model: {exc}",
+            hint=_target_hint(traits),
+        ) from exc
+
+
+def _target_hint(traits: ModelTraits) -> str:
+    names = ", ".join(traits.linear_module_names[:12]) or "(none found)"
+    return f"set method.target_modules to some of this model's linear layers: {names}"

@@ -1,0 +1,157 @@
+"""Loading a checkpoint as a sequence classifier, ready for any tuning method, and loading a
+trained one back from a run directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmkit.errors import ModelError
+from llmkit.methods import ModelTraits
+from llmkit.models.checkpoint import CheckpointLocation, dequantised_checkpoint, locate_checkpoint
+from llmkit.models.pooling import use_last_real_token
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+LABELS_FILE = "labels.json"
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a PreTrainedModel, or a PeftModel once a method has wrapped it
+    tokenizer: PreTrainedTokenizerBase
+    traits: ModelTraits
+    location: CheckpointLocation
+
+
+def load_classifier(reference: str, label_names: list[str], revision: str | None = None) -> LoadedModel:
+    """The checkpoint with a fresh classification head for `label_names`."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    location = locate_checkpoint(reference)
+    source = str(dequantised_checkpoint(location.gguf_file)) if location.gguf_file else location.path
+    with _explained_load_errors(location):
+        config = AutoConfig.from_pretrained(source, revision=revision)
+        _check_can_classify(config.model_type, reference)
+        config.num_labels = len(label_names)
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {name: index for index, name in enumerate(label_names)}
+        tokenizer = load_tokenizer(source, revision)
+        config.pad_token_id = tokenizer.pad_token_id
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, revision=revision, output_loading_info=True
+        )
+    new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
+    return _ready(model, tokenizer, location, new_modules)
+
+
+def load_tokenizer(source: str, revision: str | None = None) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+    if tokenizer.pad_token is None:
+        # GPT-style tokenizers have no pad token. Padding is masked out and the classifier reads
+        # the last real token, so any existing token serves; end-of-text is the convention.
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelError("The tokenizer has no pad, end-of-text or unknown token to pad with.")
+        tokenizer.pad_token = fallback
+    # Right padding keeps every real token at the position it has alone (GPT-2 and Llama number
+    # positions 0..n-1 whatever the mask), so a sentence scores the same alone and in a batch.
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _check_can_classify(model_type: str, reference: str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        raise ModelError(
+            f"'{reference}' is a '{model_type}' model, which transformers cannot use for sequence "
+            "classification.",
+            hint="use an encoder such as BERT or a decoder such as GPT-2 or Llama",
+        )
+
+
+def _is_decoder(model_type: str) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    # Encoders (BERT family) have masked-LM heads and classify from [CLS]; decoders do not.
+    return model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def _ready(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    location: CheckpointLocation,
+    new_modules: list[str],
+) -> LoadedModel:
+    model_type = str(model.config.model_type)
+    is_decoder = _is_decoder(model_type)
+    if is_decoder:
+        use_last_real_token(model)
+    traits = ModelTraits(
+        model_type=model_type,
+        is_decoder=is_decoder,
+        new_modules=tuple(new_modules),
+        linear_module_names=_linear_module_names(model, exclude=new_modules),
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, traits=traits, location=location)
+
+
+def _linear_module_names(model: PreTrainedModel, exclude: list[str]) -> tuple[str, ...]:
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    names: dict[str, None] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | Conv1D) and name not in exclude:
+            names.setdefault(name.rsplit(".", 1)[-1], None)
+    return tuple(names)
+
+
+@contextmanager
+def _explained_load_errors(location: CheckpointLocation) -> Iterator[None]:
+    try:
+        yield
+    except ModelError:
+        raise
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if location.is_local:
+            raise ModelError(f"Could not load the checkpoint at '{location.path}': {first_line}") from exc
+        raise ModelError(
+            f"Could not load '{location.reference}' from the Hugging Face hub: {first_line}",
+            hint="without network access, download the model where there is one "
+            f"(`hf download {location.reference} --local-dir DIR`), copy DIR here and set "
+            "model.checkpoint=DIR",
+        ) from exc
+
+
+def save_trained(model: Any, tokenizer: PreTrainedTokenizerBase, label_names: list[str], path: Path) -> None:
+    """Write the model (or adapter with its trained head), tokenizer and label names."""
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / LABELS_FILE).write_text(json.dumps({"label_names": label_names}, indent=2) + "\n")
+
+
+def load_trained(path: Path, base_reference: str, revision: str | None = None) -> LoadedModel:
+    """A model saved by `save_trained`: a full checkpoint, or an adapter on its base checkpoint."""
+    label_names = json.loads((path / LABELS_FILE).read_text())["label_names"]
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        loaded = load_classifier(base_reference, label_names, revision)
+        loaded.model = PeftModel.from_pretrained(loaded.model, path)
+        loaded.tokenizer = load_tokenizer(str(path))
+        return loaded
+    from transformers import AutoModelForSequenceClassification
+
+    location = CheckpointLocation(reference=str(path), path=str(path), is_local=True)
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    return _ready(model, load_tokenizer(str(path)), location, new_modules=[])

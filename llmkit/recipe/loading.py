@@ -1,0 +1,228 @@
+"""Recipe loading: one merge order (defaults < recipe file < command-line overrides), then
+validation against the schema, with every problem reported at once by key, file and line."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from llmkit.errors import LlmkitError, RecipeError
+from llmkit.methods import METHODS
+from llmkit.recipe.schema import Recipe
+
+# Keys whose values are paths to inputs: in a recipe file they are relative to that file, so a
+# recipe and its data travel together; on the command line they are relative to where you are.
+INPUT_PATH_KEYS = (("data", "train_file"), ("data", "validation_file"), ("data", "test_file"))
+CLI = "command line"
+
+KeyPath = tuple[str, ...]
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge and validate a recipe file with `KEY=VALUE` overrides."""
+    path = Path(path)
+    document, lines = read_recipe_file(path)
+    _resolve_input_paths(document, base=path.parent)
+    override_tree = parse_overrides(overrides or [])
+    _resolve_input_paths(override_tree, base=Path.cwd())
+    merged = deep_merge(document, override_tree)
+    merged.setdefault("output_dir", str(Path("runs") / path.stem))
+    sources = {key: CLI for key in _leaf_paths(override_tree)}
+    return validate_recipe(merged, source=str(path), lines=lines, sources=sources)
+
+
+def read_recipe_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    """The recipe's mapping and the line (1-based) where each key path is written."""
+    if not path.is_file():
+        raise LlmkitError(
+            f"Recipe file '{path}' does not exist.",
+            hint="give the path to a .yaml recipe; `ls recipes/` lists the shipped ones",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LlmkitError(f"Recipe file '{path}' is not UTF-8 text ({exc.reason}).") from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        document = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise LlmkitError(
+            f"{where}: YAML syntax error: {exc.problem}",
+            hint="check indentation and that each key is followed by ': '",
+        ) from exc
+    if document is None:
+        raise RecipeError(["the file is empty; a recipe needs model and data sections"], str(path))
+    if not isinstance(document, dict):
+        raise RecipeError(
+            [f"the top level must be a mapping of sections, got a {type(document).__name__}"],
+            str(path),
+        )
+    return document, _key_lines(node)
+
+
+def _key_lines(node: yaml.Node | None, prefix: KeyPath = ()) -> dict[KeyPath, int]:
+    lines: dict[KeyPath, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key))
+    return lines
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`a.b=value` pairs into a nested mapping; values are read as YAML (`1`, `null`, `[q, v]`)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise LlmkitError(
+                f"Override '{item}' is not KEY=VALUE.",
+                hint="write dotted keys, e.g. train.epochs=1 data.max_train_samples=2000",
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise LlmkitError(f"Override '{item}' conflicts with an earlier override of '{part}'.")
+            node = child
+        node[leaf] = value
+    return tree
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_input_paths(tree: dict[str, Any], base: Path) -> None:
+    for section, key in INPUT_PATH_KEYS:
+        holder = tree.get(section)
+        if isinstance(holder, dict) and isinstance(holder.get(key), str):
+            holder[key] = str((base / Path(holder[key]).expanduser()).resolve())
+
+
+def _leaf_paths(tree: dict[str, Any], prefix: KeyPath = ()) -> list[KeyPath]:
+    leaves: list[KeyPath] = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            leaves.extend(_leaf_paths(value, (*prefix, key)))
+        else:
+            leaves.append((*prefix, key))
+    return leaves
+
+
+def validate_recipe(
+    tree: dict[str, Any],
+    source: str,
+    lines: dict[KeyPath, int] | None = None,
+    sources: dict[KeyPath, str] | None = None,
+) -> Recipe:
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as exc:
+        problems = [_describe(error, tree, source, lines or {}, sources or {}) for error in exc.errors()]
+        raise RecipeError(sorted(set(problems), key=problems.index), source) from None
+
+
+def _describe(
+    error: Any,
+    tree: dict[str, Any],
+    source: str,
+    lines: dict[KeyPath, int],
+    sources: dict[KeyPath, str],
+) -> str:
+    loc = _user_path(tuple(str(part) for part in error["loc"]))
+    key = ".".join(loc) or "(top level)"
+    where = _where(loc, source, lines, sources)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{where}{key}: unknown key. {_suggest(loc, tree)}"
+    if kind == "missing":
+        return f"{where}{key}: required, but missing."
+    if kind == "union_tag_invalid":
+        name = str(error["input"].get("name")) if isinstance(error["input"], dict) else "?"
+        close = difflib.get_close_matches(name, list(METHODS), n=1)
+        guess = f" Did you mean '{close[0]}'?" if close else ""
+        return f"{where}method.name: unknown method '{name}'.{guess} Choose from: {', '.join(METHODS)}."
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind not in ("value_error", "assertion_error") and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return f"{where}{key}: {message}"
+
+
+def _user_path(loc: KeyPath) -> KeyPath:
+    # Pydantic puts the discriminator value in the path of a tagged union: method.lora.r -> method.r
+    if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHODS:
+        return (loc[0], *loc[2:])
+    return loc
+
+
+def _where(loc: KeyPath, source: str, lines: dict[KeyPath, int], sources: dict[KeyPath, str]) -> str:
+    for end in range(len(loc), 0, -1):
+        prefix = loc[:end]
+        if prefix in sources:
+            return f"[{sources[prefix]}] "
+        if prefix in lines:
+            return f"[{source}:{lines[prefix]}] "
+    return ""
+
+
+def _suggest(loc: KeyPath, tree: dict[str, Any]) -> str:
+    *parent, unknown = loc
+    siblings = _field_names(tuple(parent), tree)
+    close = difflib.get_close_matches(unknown, siblings, n=1, cutoff=0.6)
+    if close:
+        return f"Did you mean '{'.'.join((*parent, close[0]))}'?"
+    elsewhere = _other_homes(unknown, tuple(parent), tree)
+    if elsewhere:
+        return f"'{unknown}' belongs to {elsewhere}."
+    return f"Valid keys here: {', '.join(siblings)}." if siblings else ""
+
+
+def _field_names(parent: KeyPath, tree: dict[str, Any]) -> list[str]:
+    model = _model_at(parent, tree)
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_at(parent: KeyPath, tree: dict[str, Any]) -> type[BaseModel] | None:
+    if parent == ():
+        return Recipe
+    if parent == ("method",):
+        method = tree.get("method")
+        name = method.get("name", "full") if isinstance(method, dict) else "full"
+        spec = METHODS.get(name)
+        return spec.options if spec else None
+    if len(parent) == 1:
+        annotation = Recipe.model_fields[parent[0]].annotation if parent[0] in Recipe.model_fields else None
+        return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return None
+
+
+def _other_homes(key: str, parent: KeyPath, tree: dict[str, Any]) -> str:
+    """Where a misplaced key does exist: another section, or another method's options."""
+    homes = []
+    for section in Recipe.model_fields:
+        model = _model_at((section,), tree)
+        if section != "method" and model is not None and key in model.model_fields and (section,) != parent:
+            homes.append(f"the {section} section ({section}.{key})")
+    for name, spec in METHODS.items():
+        if key in spec.options.model_fields and key != "name":
+            homes.append(f"method '{name}'")
+    return " and ".join(homes)

@@ -1,0 +1,212 @@
+"""The recipe schema: every key a recipe may hold, its type, default and cross-field checks.
+
+This is the single source of truth for recipes: loading, validation, `recipe.yaml` in run
+directories and the README's key reference all come from these classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from llmkit.methods import METHODS
+
+DATA_FILE_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    checkpoint: str = Field(
+        description="Hub id (org/name), local directory, .gguf file, or "
+        "package:MODULE/relative/path for a checkpoint shipped in an installed package."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+
+
+class DataSection(Section):
+    dataset: str | None = Field(None, description="Hub dataset id, e.g. glue.")
+    config: str | None = Field(None, description="Hub dataset configuration, e.g. sst2.")
+    train_split: str = "train"
+    validation_split: str | None = "validation"
+    test_split: str | None = None
+    train_file: Path | None = None
+    validation_file: Path | None = None
+    test_file: Path | None = None
+    delimiter: str | None = Field(
+        None, description="Field separator of csv/tsv files; null: tab for .tsv, comma otherwise."
+    )
+    quoting: Literal["minimal", "none"] = Field(
+        "minimal",
+        description="'none' reads quote characters as text (needed for GLUE's TSVs).",
+    )
+    encoding: str = Field("utf-8", description="Text encoding; a UTF-8 byte-order mark is skipped.")
+    text_columns: list[str] = Field(
+        default_factory=lambda: ["text"],
+        description="One column, or two for sentence-pair tasks.",
+    )
+    label_column: str = "label"
+    label_names: list[str] | None = Field(
+        None, description="Names for integer labels 0..n-1, in order (e.g. [negative, positive])."
+    )
+    max_train_samples: PositiveInt | None = Field(None, description="Use the first N train rows.")
+    max_eval_samples: PositiveInt | None = Field(
+        None, description="Use the first N validation and test rows."
+    )
+    max_length: PositiveInt = Field(128, ge=8, description="Tokens per example, after truncation.")
+    validation_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of train carved out (seeded, stratified) when no validation split is given.",
+    )
+
+    @field_validator("text_columns", mode="before")
+    @classmethod
+    def _one_column_may_be_a_string(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("text_columns")
+    @classmethod
+    def _one_or_two_columns(cls, value: list[str]) -> list[str]:
+        if not 1 <= len(value) <= 2:
+            raise ValueError(
+                f"got {len(value)} columns; sequence classification takes one text column, or two "
+                "for a sentence pair (e.g. [premise, hypothesis]). Join extra columns into one."
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("the same column is named twice")
+        return value
+
+    @field_validator("train_file", "validation_file", "test_file")
+    @classmethod
+    def _known_format(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix.lower() not in DATA_FILE_FORMATS:
+            known = ", ".join(sorted(DATA_FILE_FORMATS))
+            raise ValueError(f"'{value}' has an unknown extension; use one of {known}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if (self.dataset is None) == (self.train_file is None):
+            raise ValueError(
+                "give either data.dataset (a hub dataset) or data.train_file (local files), "
+                "not both and not neither"
+            )
+        if self.dataset is None and self.config is not None:
+            raise ValueError("data.config selects a hub dataset's configuration; set data.dataset")
+        return self
+
+    def file_format(self, path: Path) -> str:
+        return DATA_FILE_FORMATS[path.suffix.lower()]
+
+    def field_delimiter(self, path: Path) -> str:
+        if self.delimiter is not None:
+            return self.delimiter
+        return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+MethodSection = Annotated[
+    Union[tuple(spec.options for spec in METHODS.values())],  # noqa: UP007  (built at runtime)
+    Field(discriminator="name"),
+]
+
+
+class TrainSection(Section):
+    epochs: PositiveFloat = 3.0
+    max_steps: PositiveInt | None = Field(None, description="Stop after this many steps.")
+    learning_rate: PositiveFloat | None = Field(
+        None, description="Peak learning rate; null: the method's default."
+    )
+    batch_size: PositiveInt = Field(32, description="Examples per optimizer step.")
+    micro_batch_size: PositiveInt | None = Field(
+        None,
+        description="Examples per forward pass; gradients accumulate up to batch_size. null: batch_size.",
+    )
+    eval_batch_size: PositiveInt = 64
+    seed: int = 42
+    weight_decay: NonNegativeFloat = 0.01
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: PositiveFloat = 1.0
+    logging_steps: PositiveInt = 20
+
+    @model_validator(mode="after")
+    def _micro_batch_divides_batch(self) -> TrainSection:
+        micro = self.micro_batch_size
+        if micro is not None and (micro > self.batch_size or self.batch_size % micro):
+            raise ValueError(
+                f"train.micro_batch_size ({micro}) must divide train.batch_size "
+                f"({self.batch_size}); e.g. micro_batch_size: {_largest_divisor(self.batch_size)}"
+            )
+        return self
+
+
+def _largest_divisor(n: int) -> int:
+    return next(d for d in range(n // 2, 0, -1) if n % d == 0) if n > 1 else 1
+
+
+class EvalSection(Section):
+    metrics: list[Literal["accuracy", "f1"]] = Field(default_factory=lambda: ["accuracy", "f1"])
+    f1_average: Literal["binary", "macro", "micro", "weighted"] | None = Field(
+        None, description="null: binary for two labels, macro otherwise."
+    )
+    positive_label: str | None = Field(
+        None, description="The positive class for binary F1; null: the second label."
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _at_least_one(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one metric: accuracy, f1")
+        return value
+
+
+class Recipe(Section):
+    model: ModelSection
+    data: DataSection
+    method: MethodSection  # type: ignore[valid-type]
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output_dir: Path | None = Field(None, description="Run directory; null: runs/<recipe name>.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_method_defaults(cls, data: Any) -> Any:
+        """Default to full fine-tuning, and to the chosen method's own learning rate."""
+        if not isinstance(data, dict):
+            return data
+        method = data.setdefault("method", {})
+        if isinstance(method, dict):
+            method.setdefault("name", "full")
+            spec = METHODS.get(method["name"]) if isinstance(method["name"], str) else None
+            train = data.setdefault("train", {})
+            if spec is not None and isinstance(train, dict) and train.get("learning_rate") is None:
+                train["learning_rate"] = spec.options.default_learning_rate
+        return data
+
+    @property
+    def learning_rate(self) -> float:
+        assert self.train.learning_rate is not None  # filled from the method's default
+        return self.train.learning_rate

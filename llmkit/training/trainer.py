@@ -1,0 +1,145 @@
+"""Trainer assembly: the recipe's training knobs as TrainingArguments, one Trainer for every
+method, and the callbacks that write the run's step log."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from llmkit.data.loading import LABELS
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import EvalPrediction, PreTrainedTokenizerBase, TrainerControl, TrainerState
+
+    from llmkit.metrics import MetricSuite
+    from llmkit.recipe.schema import Recipe
+
+
+class LlmkitTrainer(Trainer):
+    """Trainer that keeps evaluation time out of the training throughput it reports."""
+
+    evaluation_seconds: float = 0.0
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        start = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.evaluation_seconds += time.perf_counter() - start
+
+
+class StepLog(TrainerCallback):
+    """Appends every Trainer log entry (loss, learning rate, evaluations) to log.jsonl."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if state.is_world_process_zero and logs:
+            entry = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+
+class QuietProgress(ProgressCallback):
+    """Progress bars, plus one line per evaluation; step logs go to log.jsonl, not the terminal."""
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero or not logs or "eval_loss" not in logs:
+            return
+        shown = "  ".join(
+            f"{k.removeprefix('eval_')} {v:.4f}"
+            for k, v in logs.items()
+            if k.removeprefix("eval_") in ("loss", "accuracy", "f1")
+        )
+        message = f"epoch {state.epoch or 0:.2f}  validation  {shown}"
+        if self.training_bar is not None:
+            self.training_bar.write(message)
+        else:
+            print(message)
+
+
+def training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
+    train = recipe.train
+    micro_batch = train.micro_batch_size or train.batch_size
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        learning_rate=recipe.learning_rate,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=train.batch_size // micro_batch,
+        per_device_eval_batch_size=train.eval_batch_size,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_ratio,
+        lr_scheduler_type=train.lr_scheduler,
+        max_grad_norm=train.max_grad_norm,
+        seed=train.seed,
+        data_seed=train.seed,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=train.logging_steps,
+        report_to="none",
+        disable_tqdm=False,  # its default follows the logging level, which llmkit lowers
+        label_names=[LABELS],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def build_trainer(
+    recipe: Recipe,
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    train_dataset: Dataset,
+    eval_dataset: Dataset,
+    metrics: MetricSuite,
+    output_dir: Path,
+    log_path: Path,
+) -> LlmkitTrainer:
+    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+        return metrics.compute(prediction.predictions, prediction.label_ids)
+
+    trainer = LlmkitTrainer(
+        model=model,
+        args=training_arguments(recipe, output_dir),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=_predicted_label,
+        callbacks=[StepLog(log_path)],
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(QuietProgress())
+    return trainer
+
+
+def _predicted_label(logits: Any, labels: Any) -> Any:
+    # Keep only the argmax: storing every logit for a large eval set costs memory for nothing.
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
