@@ -100,7 +100,7 @@ class RunDirectory:
         path = self.path / STATUS_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    def save_model(self, write: Callable[[Path], None]) -> None:
+    def save_model(self, write: Callable[[Path], object]) -> None:
         """Write the model with `write(tmp_dir)`, then move it into place in one rename."""
         staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}-", dir=self.path))
         try:
@@ -116,7 +116,7 @@ class RunDirectory:
         text = json.dumps(data, indent=2, default=str) + "\n"
         self._write_atomic(name, lambda p: p.write_text(text, encoding="utf-8"))
 
-    def _write_atomic(self, name: str, write: Callable[[Path], None]) -> None:
+    def _write_atomic(self, name: str, write: Callable[[Path], object]) -> None:
         handle, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=self.path)
         os.close(handle)
         try:

@@ -173,7 +173,8 @@ def _label_mapping(train: Dataset, data: DataSection) -> tuple[list[str], dict[A
                 hint="drop data.label_names to use the labels as written",
             )
         return list(names), {v: as_ints[v] for v in distinct}  # type: ignore[misc]
-    ordered = sorted(distinct, key=lambda v: as_ints[v]) if numeric else sorted(distinct, key=str)
+    numbers = {value: number for value, number in as_ints.items() if number is not None}
+    ordered = sorted(distinct, key=numbers.__getitem__) if numeric else sorted(distinct, key=str)
     names = [str(as_ints[v]) if numeric else str(v) for v in ordered]
     if len(names) < 2:
         raise DataError(

@@ -21,7 +21,7 @@ def tokenize_split(
 ) -> Dataset:
     def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
         texts = [batch[column] for column in text_columns]
-        return tokenizer(*texts, truncation=True, max_length=max_length)  # type: ignore[return-value]
+        return tokenizer(*texts, truncation=True, max_length=max_length)
 
     drop = [c for c in dataset.column_names if c != LABELS]
     return dataset.map(encode, batched=True, remove_columns=drop, desc=f"Tokenising {split}")

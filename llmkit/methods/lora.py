@@ -17,14 +17,14 @@ if TYPE_CHECKING:
 class LoraOptions(MethodOptions):
     name: Literal["lora"] = "lora"
     r: PositiveInt = Field(8, description="Rank of the low-rank update.")
-    alpha: float = Field(16.0, gt=0, description="Scaling numerator: updates are scaled by alpha/r.")
+    alpha: PositiveInt = Field(16, description="Scaling numerator: updates are scaled by alpha/r.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] | None = Field(
         None,
         description="Module names to adapt; null uses PEFT's per-architecture default "
         "(query/value projections).",
     )
-    bias: Literal["none", "all", "lora_only"] = "none"
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train.")
     default_learning_rate = 2e-3
     summary = "low-rank adapters on attention projections"
 

@@ -8,11 +8,11 @@ from llmkit.errors import ModelError
 from llmkit.methods.registry import ModelTraits
 
 if TYPE_CHECKING:
-    from peft import PeftConfig
     from transformers import PreTrainedModel
 
 
-def wrap_with_peft(model: PreTrainedModel, config: PeftConfig, traits: ModelTraits) -> Any:
+def wrap_with_peft(model: PreTrainedModel, config: Any, traits: ModelTraits) -> Any:
+    """Wrap `model` with a PEFT config (LoraConfig, PrefixTuningConfig, PromptTuningConfig...)."""
     from peft import get_peft_model
 
     # PEFT adds `classifier`/`score` by itself; naming every newly initialised module as well

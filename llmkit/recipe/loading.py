@@ -148,10 +148,12 @@ def _describe(
     lines: dict[KeyPath, int],
     sources: dict[KeyPath, str],
 ) -> str:
+    kind = error["type"]
     loc = _user_path(tuple(str(part) for part in error["loc"]))
+    if kind == "union_tag_invalid":
+        loc = (*loc, "name")
     key = ".".join(loc) or "(top level)"
     where = _where(loc, source, lines, sources)
-    kind = error["type"]
     if kind == "extra_forbidden":
         return f"{where}{key}: unknown key. {_suggest(loc, tree)}"
     if kind == "missing":
@@ -160,7 +162,7 @@ def _describe(
         name = str(error["input"].get("name")) if isinstance(error["input"], dict) else "?"
         close = difflib.get_close_matches(name, list(METHODS), n=1)
         guess = f" Did you mean '{close[0]}'?" if close else ""
-        return f"{where}method.name: unknown method '{name}'.{guess} Choose from: {', '.join(METHODS)}."
+        return f"{where}{key}: unknown method '{name}'.{guess} Choose from: {', '.join(METHODS)}."
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind not in ("value_error", "assertion_error") and not isinstance(error["input"], dict):
         message += f" (got {error['input']!r})"
@@ -175,6 +177,10 @@ def _user_path(loc: KeyPath) -> KeyPath:
 
 
 def _where(loc: KeyPath, source: str, lines: dict[KeyPath, int], sources: dict[KeyPath, str]) -> str:
+    # An override can create a key the file lacks (trian.epochs=1 makes 'trian'): look below too.
+    below = [origin for key, origin in sources.items() if key[: len(loc)] == loc and loc]
+    if below and loc not in lines:
+        return f"[{below[0]}] "
     for end in range(len(loc), 0, -1):
         prefix = loc[:end]
         if prefix in sources:
@@ -187,6 +193,8 @@ def _where(loc: KeyPath, source: str, lines: dict[KeyPath, int], sources: dict[K
 def _suggest(loc: KeyPath, tree: dict[str, Any]) -> str:
     *parent, unknown = loc
     siblings = _field_names(tuple(parent), tree)
+    if tuple(parent) == ("method",):
+        return _suggest_method_option(unknown, siblings, tree)
     close = difflib.get_close_matches(unknown, siblings, n=1, cutoff=0.6)
     if close:
         return f"Did you mean '{'.'.join((*parent, close[0]))}'?"
@@ -194,6 +202,22 @@ def _suggest(loc: KeyPath, tree: dict[str, Any]) -> str:
     if elsewhere:
         return f"'{unknown}' belongs to {elsewhere}."
     return f"Valid keys here: {', '.join(siblings)}." if siblings else ""
+
+
+def _suggest_method_option(unknown: str, options: list[str], tree: dict[str, Any]) -> str:
+    method = tree.get("method")
+    current = method.get("name", "full") if isinstance(method, dict) else "full"
+    close = difflib.get_close_matches(unknown, options, n=1, cutoff=0.6)
+    if close:
+        return f"Did you mean 'method.{close[0]}'?"
+    owners = [name for name, spec in METHODS.items() if unknown in spec.options.model_fields]
+    valid = ", ".join(o for o in options if o != "name") or "none"
+    if owners:
+        return (
+            f"It is an option of method {' and '.join(repr(o) for o in owners)}, not of "
+            f"'{current}' (whose options are: {valid})."
+        )
+    return f"Method '{current}' takes: {valid}."
 
 
 def _field_names(parent: KeyPath, tree: dict[str, Any]) -> list[str]:
@@ -222,7 +246,7 @@ def _other_homes(key: str, parent: KeyPath, tree: dict[str, Any]) -> str:
         model = _model_at((section,), tree)
         if section != "method" and model is not None and key in model.model_fields and (section,) != parent:
             homes.append(f"the {section} section ({section}.{key})")
-    for name, spec in METHODS.items():
-        if key in spec.options.model_fields and key != "name":
-            homes.append(f"method '{name}'")
+    owners = [name for name, spec in METHODS.items() if key in spec.options.model_fields and key != "name"]
+    if owners:
+        homes.append(f"the method section (method.{key}, for {' and '.join(repr(o) for o in owners)})")
     return " and ".join(homes)

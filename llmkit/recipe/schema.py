@@ -7,7 +7,7 @@ directories and the README's key reference all come from these classes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from llmkit.methods import METHODS
+from llmkit.methods import METHODS, MethodOptions
 
 DATA_FILE_FORMATS = {
     ".csv": "csv",
@@ -47,12 +47,18 @@ class ModelSection(Section):
 class DataSection(Section):
     dataset: str | None = Field(None, description="Hub dataset id, e.g. glue.")
     config: str | None = Field(None, description="Hub dataset configuration, e.g. sst2.")
-    train_split: str = "train"
-    validation_split: str | None = "validation"
-    test_split: str | None = None
-    train_file: Path | None = None
-    validation_file: Path | None = None
-    test_file: Path | None = None
+    train_split: str = Field("train", description="Hub split to train on.")
+    validation_split: str | None = Field(
+        "validation", description="Hub split to validate on; null carves one from train."
+    )
+    test_split: str | None = Field(None, description="Hub split to test on (must be labelled).")
+    train_file: Path | None = Field(
+        None, description="csv, tsv, json, jsonl or parquet; relative to the recipe file."
+    )
+    validation_file: Path | None = Field(
+        None, description="Evaluated every epoch; null carves a split from train."
+    )
+    test_file: Path | None = Field(None, description="Evaluated once, at the end.")
     delimiter: str | None = Field(
         None, description="Field separator of csv/tsv files; null: tab for .tsv, comma otherwise."
     )
@@ -65,7 +71,7 @@ class DataSection(Section):
         default_factory=lambda: ["text"],
         description="One column, or two for sentence-pair tasks.",
     )
-    label_column: str = "label"
+    label_column: str = Field("label", description="Integer or string labels.")
     label_names: list[str] | None = Field(
         None, description="Names for integer labels 0..n-1, in order (e.g. [negative, positive])."
     )
@@ -126,14 +132,17 @@ class DataSection(Section):
         return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-MethodSection = Annotated[
-    Union[tuple(spec.options for spec in METHODS.values())],  # noqa: UP007  (built at runtime)
-    Field(discriminator="name"),
-]
+if TYPE_CHECKING:
+    MethodSection = MethodOptions
+else:  # a tagged union of every registered method's options, so each rejects the others' keys
+    MethodSection = Annotated[
+        Union[tuple(spec.options for spec in METHODS.values())],  # noqa: UP007
+        Field(discriminator="name"),
+    ]
 
 
 class TrainSection(Section):
-    epochs: PositiveFloat = 3.0
+    epochs: PositiveFloat = Field(3.0, description="Passes over the training data; may be fractional.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many steps.")
     learning_rate: PositiveFloat | None = Field(
         None, description="Peak learning rate; null: the method's default."
@@ -143,13 +152,15 @@ class TrainSection(Section):
         None,
         description="Examples per forward pass; gradients accumulate up to batch_size. null: batch_size.",
     )
-    eval_batch_size: PositiveInt = 64
-    seed: int = 42
-    weight_decay: NonNegativeFloat = 0.01
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    max_grad_norm: PositiveFloat = 1.0
-    logging_steps: PositiveInt = 20
+    eval_batch_size: PositiveInt = Field(64, description="Examples per evaluation forward pass.")
+    seed: int = Field(42, description="Seeds head initialisation, adapters and data order.")
+    weight_decay: NonNegativeFloat = Field(0.01, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warm-up."
+    )
+    max_grad_norm: PositiveFloat = Field(1.0, description="Gradient clipping norm.")
+    logging_steps: PositiveInt = Field(20, description="Steps between loss entries in log.jsonl.")
 
     @model_validator(mode="after")
     def _micro_batch_divides_batch(self) -> TrainSection:
@@ -167,7 +178,9 @@ def _largest_divisor(n: int) -> int:
 
 
 class EvalSection(Section):
-    metrics: list[Literal["accuracy", "f1"]] = Field(default_factory=lambda: ["accuracy", "f1"])
+    metrics: list[Literal["accuracy", "f1"]] = Field(
+        default=["accuracy", "f1"], description="Computed with `evaluate`, offline."
+    )
     f1_average: Literal["binary", "macro", "micro", "weighted"] | None = Field(
         None, description="null: binary for two labels, macro otherwise."
     )
@@ -186,7 +199,7 @@ class EvalSection(Section):
 class Recipe(Section):
     model: ModelSection
     data: DataSection
-    method: MethodSection  # type: ignore[valid-type]
+    method: MethodSection
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     output_dir: Path | None = Field(None, description="Run directory; null: runs/<recipe name>.")
