@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -83,6 +84,16 @@ def finetune(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing run directory.")
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an unfinished run from its latest complete checkpoint."),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Check and describe the run (steps, parameters, memory); train nothing."
+        ),
+    ] = False,
     debug: DebugOption = False,
 ) -> None:
     """Fine-tune a model as RECIPE says, evaluate it, and write a run directory."""
@@ -92,12 +103,246 @@ def finetune(
         resolved = load_recipe(recipe, overrides or [])
         if output_dir is not None:
             resolved = resolved.model_copy(update={"output_dir": output_dir})
+        if dry_run:
+            from llmkit import dryrun
+
+            typer.echo(dryrun.describe(dryrun.dry_run(resolved)))
+            return
 
         from llmkit.pipeline import finetune as run_finetune
         from llmkit.report import print_summary
 
-        results = run_finetune(resolved, overwrite=overwrite)
+        results = run_finetune(resolved, overwrite=overwrite, resume=resume)
         print_summary(results, str(resolved.output_dir))
+
+
+# ----------------------------------------------------------------------------- trained runs
+
+RunDirArgument = Annotated[
+    Path, typer.Argument(help="A run directory written by `llmkit finetune`.", show_default=False)
+]
+BatchSizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size", min=1, help="Rows per forward pass (default: the recipe's train.eval_batch_size)."
+    ),
+]
+
+
+class Split(str, Enum):
+    train = "train"
+    validation = "validation"
+    test = "test"
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def evaluate(
+    run_dir: RunDirArgument,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="data.KEY=VALUE overrides of the run's data, e.g. data.test_file=new.csv.",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="A labelled csv/tsv/jsonl/parquet file to evaluate instead of a split."),
+    ] = None,
+    split: Annotated[
+        Split, typer.Option("--split", help="The recipe's split to evaluate.")
+    ] = Split.validation,
+    output_format: Annotated[ReportFormat, typer.Option("--format", help="Print a table or JSON.")] = (
+        ReportFormat.table
+    ),
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the JSON report here.")
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Metrics of a trained run on a split of its data or on any labelled file: the recipe's
+    metrics and loss (on the run's validation split, exactly those in results.json), per-class
+    precision/recall/F1 and the confusion matrix."""
+    with user_errors(debug):
+        import json
+
+        from llmkit.evaluation import evaluate_run, print_evaluation
+
+        result = evaluate_run(run_dir, data, overrides or [], split.value, batch_size)
+        report = json.dumps(result.to_json(), indent=2)
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(report + "\n", encoding="utf-8")
+        if output_format is ReportFormat.json:
+            typer.echo(report)
+        else:
+            print_evaluation(result)
+
+
+@app.command()
+def predict(
+    run_dir: RunDirArgument,
+    input_file: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            help="csv/tsv/jsonl/parquet file with the run's text column(s), or - for stdin "
+            "(one text per line).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write .jsonl, .csv or .tsv here (default: JSON lines on stdout)."
+        ),
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(
+            "--id-column", help="Input column copied to each output row (default: 'id', if present)."
+        ),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Label each input row with a trained run: the predicted label and every label's
+    probability, one output row per input row, in input order."""
+    with user_errors(debug):
+        from llmkit.prediction import predict_to_file
+
+        count = predict_to_file(run_dir, input_file, output, id_column, batch_size)
+        if output is not None:
+            typer.echo(f"predicted {count} rows: {output}", err=True)
+
+
+@app.command()
+def merge(
+    run_dir: RunDirArgument,
+    output_dir: Annotated[
+        Path,
+        typer.Option("--output-dir", "-o", help="Where to write the merged checkpoint.", show_default=False),
+    ],
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output directory.")
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Fold a LoRA run's adapter into the base weights and save a plain transformers checkpoint
+    (AutoModelForSequenceClassification.from_pretrained loads it). Prefix and prompt runs cannot
+    be merged; full runs are plain checkpoints already and are copied."""
+    with user_errors(debug):
+        from llmkit.merging import LOGIT_TOLERANCE, merge_run
+
+        result = merge_run(run_dir, output_dir, overwrite)
+        typer.echo(result.message)
+        if result.max_logit_difference is not None:
+            typer.echo(
+                f"checked: logits of the reloaded checkpoint match the adapter's within "
+                f"{result.max_logit_difference:.1e} (tolerance {LOGIT_TOLERANCE:g})"
+            )
+
+
+# ----------------------------------------------------------------------------- recipes
+
+recipes_app = typer.Typer(
+    name="recipes",
+    help="List, show, validate and create recipe files; print the recipe JSON Schema.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(recipes_app)
+
+RecipeNameArgument = Annotated[
+    str,
+    typer.Argument(
+        help="A recipe name (recipes/**/NAME.yaml) or the path of a recipe file.", show_default=False
+    ),
+]
+
+
+@recipes_app.command("list")
+def recipes_list(debug: DebugOption = False) -> None:
+    """The recipes under ./recipes: name, task, model, method and description."""
+    with user_errors(debug):
+        from llmkit.recipe.tools import print_recipe_list
+
+        print_recipe_list()
+
+
+@recipes_app.command("show")
+def recipes_show(
+    name: RecipeNameArgument,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Dotted KEY=VALUE overrides.", show_default=False)
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """The fully resolved recipe: defaults, base recipes and overrides merged."""
+    with user_errors(debug):
+        from llmkit.recipe.tools import resolve_recipe, show_recipe
+
+        typer.echo(show_recipe(resolve_recipe(name), overrides or []), nl=False)
+
+
+@recipes_app.command("validate")
+def recipes_validate(
+    files: Annotated[list[Path], typer.Argument(help="Recipe files.", show_default=False)],
+    debug: DebugOption = False,
+) -> None:
+    """Every check that runs without training: the schema, the checkpoint and the data files
+    (present, readable, with the columns and labels the recipe names). Exits 1 on any problem."""
+    with user_errors(debug):
+        from llmkit.recipe.tools import validate_file
+
+        results = [validate_file(path) for path in files]
+    for result in results:
+        if result.ok:
+            typer.secho(f"ok: {result.path}", fg=typer.colors.GREEN)
+            for note in result.notes:
+                typer.echo(f"  {note}")
+        else:
+            typer.secho(f"FAILED: {result.path}", fg=typer.colors.RED, err=True)
+            for problem in result.problems:
+                typer.echo("  " + problem.replace("\n", "\n  "), err=True)
+    failed = sum(not result.ok for result in results)
+    if failed:
+        typer.secho(f"{failed} of {len(files)} recipes have problems", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+@recipes_app.command("new")
+def recipes_new(
+    name: Annotated[str, typer.Argument(help="Name (or path) of the new recipe.", show_default=False)],
+    source: Annotated[
+        str, typer.Option("--from", help="The recipe to copy (name or path).", show_default=False)
+    ],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Copy a recipe to a new file, its header updated to name the new file."""
+    with user_errors(debug):
+        from llmkit.recipe.tools import new_recipe, resolve_recipe
+
+        target = new_recipe(name, resolve_recipe(source), overwrite)
+        typer.echo(f"wrote {target}; edit it, then: llmkit finetune {target}")
+
+
+@recipes_app.command("schema")
+def recipes_schema() -> None:
+    """The recipe format as JSON Schema, for editor completion and checking."""
+    import json
+
+    from llmkit.recipe.tools import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
 
 
 def run() -> None:  # console-script entry point

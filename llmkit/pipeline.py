@@ -11,9 +11,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmkit.errors import LlmkitError
+from llmkit.errors import LlmkitError, ModelError, RunDirectoryError
 from llmkit.recipe.schema import Recipe
 from llmkit.rundir import RunDirectory, now
+
+# Recipe keys that may differ when resuming: none of them changes the training computed.
+RESUME_MAY_CHANGE = {
+    "output_dir",
+    "train.logging_steps",
+    "train.eval_batch_size",
+    "train.micro_batch_size",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+}
+
+
+class TrainingOutOfMemory(LlmkitError):
+    """The device ran out of memory during training."""
 
 
 @dataclass
@@ -66,6 +80,7 @@ def prepare(recipe: Recipe) -> Prepared:
     set_seed(recipe.train.seed)  # the new classification head and adapters start from the seed
     loaded = load_classifier(recipe.model.checkpoint, labelled.label_names, recipe.model.revision)
     model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
+    _check_forward(model, loaded.tokenizer, labelled.splits["train"], recipe, loaded.traits.model_type)
     tokenised = {
         split: tokenize_split(ds, loaded.tokenizer, recipe.data.text_columns, recipe.data.max_length, split)
         for split, ds in labelled.splits.items()
@@ -82,29 +97,139 @@ def prepare(recipe: Recipe) -> Prepared:
     )
 
 
-def finetune(recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
+def _check_forward(model: Any, tokenizer: Any, train: Any, recipe: Recipe, model_type: str) -> None:
+    """One forward pass on two examples, so a method the architecture cannot run fails now."""
+    import torch
+
+    rows = train[:2]  # a slice is a dict of plain lists
+    texts = [list(rows[column]) for column in recipe.data.text_columns]
+    batch = tokenizer(
+        *texts, truncation=True, max_length=recipe.data.max_length, padding=True, return_tensors="pt"
+    )
+    try:
+        with torch.no_grad():
+            model(**batch)
+    except Exception as exc:
+        raise ModelError(
+            f"Method '{recipe.method.name}' does not work with this {model_type} model: {_first_line(exc)}",
+            hint="tested: every method on BERT-family encoders, GPT-2 and Llama-architecture "
+            "decoders; for other architectures try method full or lora",
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def finetune(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says; returns the content written to results.json."""
+    from llmkit.training.trainer import latest_checkpoint
+
     assert recipe.output_dir is not None
     output_dir = Path(recipe.output_dir)
-    RunDirectory.check_available(output_dir, overwrite)
+    checkpoint = None
+    if resume and overwrite:
+        raise LlmkitError("--resume continues a run and --overwrite replaces it; give one of them.")
+    if resume:
+        run = RunDirectory.open_unfinished(output_dir)
+        _check_resumable(run, recipe)
+        checkpoint = latest_checkpoint(run.checkpoints_dir)
+        if checkpoint is None:
+            raise RunDirectoryError(
+                f"Cannot resume: '{output_dir}' has no complete checkpoint (the run stopped before "
+                "its first one was saved).",
+                hint="start over with --overwrite; train.checkpoint_every=N saves every N steps",
+            )
+    else:
+        RunDirectory.check_available(output_dir, overwrite)
     prepared = prepare(recipe)
-    run = RunDirectory.create(output_dir, overwrite)
-    run.write_recipe(recipe.model_dump(mode="json"))
-    run.set_status("running", started_at=now())
+    if checkpoint is not None:
+        run.truncate_log(after_step=_checkpoint_step(checkpoint))
+    else:
+        run = RunDirectory.create(output_dir, overwrite)
+        run.write_recipe(recipe.model_dump(mode="json"))
+    run.set_status("running", started_at=now(), resumed_from=str(checkpoint) if checkpoint else None)
     try:
-        results = _train(prepared, run)
+        results = _train(prepared, run, checkpoint)
     except KeyboardInterrupt:
-        run.set_status("failed", reason="interrupted (Ctrl-C)")
+        run.set_status("failed", reason="interrupted (Ctrl-C)", **_resume_note(run))
         raise
     except Exception as exc:
-        run.set_status("failed", reason=f"{type(exc).__name__}: {exc}")
-        raise
+        failure = _explain_failure(exc, run, recipe)
+        run.set_status("failed", reason=str(failure), **_resume_note(run))
+        if failure is exc:
+            raise
+        raise failure from exc
     run.write_results(results)
     run.set_status("completed", finished_at=results["finished_at"])
+    run.remove_checkpoints()  # only needed to resume an unfinished run
     return results
 
 
-def _train(prepared: Prepared, run: RunDirectory) -> dict[str, Any]:
+def _check_resumable(run: RunDirectory, recipe: Recipe) -> None:
+    stored = _flatten(run.stored_recipe())
+    current = _flatten(recipe.model_dump(mode="json"))
+    changed = [
+        f"{key}: {stored.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(set(stored) | set(current))
+        if key not in RESUME_MAY_CHANGE and stored.get(key) != current.get(key)
+    ]
+    if changed:
+        listing = "\n".join(f"    {line}" for line in changed)
+        raise RunDirectoryError(
+            f"Cannot resume '{run.path}': the recipe changed in ways its checkpoints depend on:\n{listing}",
+            hint="resume with the recipe as it was, or start over with --overwrite",
+        )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1])
+
+
+def _resume_note(run: RunDirectory) -> dict[str, str]:
+    from llmkit.training.trainer import latest_checkpoint
+
+    checkpoint = latest_checkpoint(run.checkpoints_dir)
+    return {"last_checkpoint": str(checkpoint)} if checkpoint else {}
+
+
+def _explain_failure(exc: Exception, run: RunDirectory, recipe: Recipe) -> Exception:
+    """User-facing errors for failures with a known remedy; others are returned unchanged."""
+    import torch
+
+    from llmkit.training.trainer import latest_checkpoint
+
+    checkpoint = latest_checkpoint(run.checkpoints_dir)
+    kept = (
+        f"; the last checkpoint ({checkpoint.name}) is kept: fix the cause and run again with --resume"
+        if checkpoint
+        else ""
+    )
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text:
+        micro = recipe.train.micro_batch_size or recipe.train.batch_size
+        return TrainingOutOfMemory(
+            f"Out of memory while training (micro batch {micro}, max_length {recipe.data.max_length}){kept}.",
+            hint="lower train.micro_batch_size (gradients accumulate up to train.batch_size, so "
+            "training stays the same) or data.max_length",
+        )
+    if isinstance(exc, LlmkitError) and checkpoint:
+        exc.message += kept
+    return exc
+
+
+def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None) -> dict[str, Any]:
     from llmkit.data.tokenize import real_token_count
     from llmkit.models.loading import save_trained
     from llmkit.training.trainer import build_trainer
@@ -121,11 +246,14 @@ def _train(prepared: Prepared, run: RunDirectory) -> dict[str, Any]:
         output_dir=run.checkpoints_dir,
         log_path=run.log_path,
     )
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     training_seconds = output.metrics["train_runtime"] - trainer.evaluation_seconds
     epochs_done = trainer.state.epoch or 0.0
     samples = round(len(splits["train"]) * epochs_done)
-    tokens = real_token_count(splits["train"]) * epochs_done
+    if resume_from is not None:  # throughput of this session's steps only
+        steps_now = trainer.state.global_step - _checkpoint_step(resume_from)
+        samples = min(samples, steps_now * recipe.train.batch_size)
+    tokens = real_token_count(splits["train"]) / len(splits["train"]) * samples
     peak_memory_mb = _peak_memory_mb()
 
     metrics = {"validation": _final_validation(trainer)}
@@ -157,6 +285,7 @@ def _train(prepared: Prepared, run: RunDirectory) -> dict[str, Any]:
             "epochs": round(epochs_done, 4),
             "steps": trainer.state.global_step,
             "samples": samples,
+            "resumed_from_step": _checkpoint_step(resume_from) if resume_from else None,
             "learning_rate": recipe.learning_rate,
             "batch_size": recipe.train.batch_size,
             "final_loss": output.training_loss,

@@ -52,7 +52,8 @@ class RunDirectory:
         if path.is_dir() and any(path.iterdir()) and not overwrite:
             raise RunDirectoryError(
                 f"Run directory '{path}' already exists.",
-                hint="pass --overwrite to replace it, or --output-dir DIR to write elsewhere",
+                hint="pass --resume to continue it from its last checkpoint, --overwrite to replace "
+                "it, or --output-dir DIR to write elsewhere",
             )
 
     @classmethod
@@ -73,6 +74,40 @@ class RunDirectory:
                 hint="give the directory `llmkit finetune` wrote (its --output-dir)",
             )
         return cls(path)
+
+    @classmethod
+    def open_unfinished(cls, path: Path) -> RunDirectory:
+        """A run that started and did not complete, for `--resume`."""
+        if not (path / RECIPE_FILE).is_file():
+            raise RunDirectoryError(
+                f"Cannot resume: '{path}' is not an llmkit run directory (no {RECIPE_FILE}).",
+                hint="drop --resume to start a new run there",
+            )
+        run = cls(path)
+        if run.status().get("state") == "completed":
+            raise RunDirectoryError(
+                f"Cannot resume: the run in '{path}' has already completed.",
+                hint="use --overwrite to train it again, or --output-dir DIR for a new run",
+            )
+        return run
+
+    def stored_recipe(self) -> dict[str, Any]:
+        loaded = yaml.safe_load((self.path / RECIPE_FILE).read_text(encoding="utf-8"))
+        return loaded if isinstance(loaded, dict) else {}
+
+    def truncate_log(self, after_step: int) -> None:
+        """Drop log entries past `after_step`: a resumed run logs those steps again."""
+        if not self.log_path.is_file():
+            return
+        kept = [
+            line
+            for line in self.log_path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= after_step
+        ]
+        self._write_atomic(LOG_FILE, lambda p: p.write_text("".join(f"{k}\n" for k in kept)))
+
+    def remove_checkpoints(self) -> None:
+        shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
 
     @property
     def model_dir(self) -> Path:

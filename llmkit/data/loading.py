@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +31,12 @@ class LabelledSplits:
 
 
 def load_splits(data: DataSection, seed: int) -> LabelledSplits:
-    raw = _read_files(data) if data.train_file is not None else _read_hub(data)
-    for split, dataset in raw.items():
-        _check_columns(dataset, data, _describe_split(data, split))
+    if data.train_file is not None:
+        raw = _read_files(data)
+    else:
+        raw = _read_hub(data)
+        for split, dataset in raw.items():
+            _check_columns(dataset, data, _describe_split(data, split))
     label_names, to_id = _label_mapping(raw["train"], data)
     encoded = {
         split: _encode_labels(ds, data, to_id, len(label_names), _describe_split(data, split))
@@ -56,15 +62,35 @@ def _describe_split(data: DataSection, split: str) -> str:
 
 
 def _read_files(data: DataSection) -> dict[str, Dataset]:
+    """Every split's file, read and column-checked; all problems are reported together."""
     paths = {split: getattr(data, f"{split}_file") for split in SPLITS}
-    return {split: _read_file(path, data) for split, path in paths.items() if path is not None}
+    read: dict[str, Dataset] = {}
+    problems: list[DataError] = []
+    for split, path in paths.items():
+        if path is None:
+            continue
+        try:
+            read[split] = _read_file(path, data)
+            _check_columns(read[split], data, f"'{path}'")
+        except DataError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        listing = "\n".join(f"  - {p}".replace("\n", "\n    ") for p in problems)
+        raise DataError(f"{len(problems)} problems with the data files:\n{listing}")
+    return read
 
 
 def _read_file(path: Path, data: DataSection) -> Dataset:
     from datasets import load_dataset
 
     if not path.is_file():
-        raise DataError(f"Data file '{path}' does not exist.", hint="check the data.*_file paths")
+        raise DataError(
+            f"Data file '{path}' does not exist.",
+            hint="paths in a recipe are relative to the recipe file; on the command line, to the "
+            "current directory",
+        )
     file_format = data.file_format(path)
     options: dict[str, Any] = {}
     if file_format == "csv":
@@ -78,19 +104,64 @@ def _read_file(path: Path, data: DataSection) -> Dataset:
             "converters": {column: str for column in data.text_columns},
         }
     try:
-        dataset = load_dataset(file_format, data_files={"data": str(path)}, split="data", **options)
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"'{path}' is not valid {data.encoding} text (byte {exc.start}: {exc.reason}).",
-            hint="set data.encoding to the file's encoding, e.g. data.encoding=latin-1",
-        ) from exc
+        with _quiet_reading():
+            dataset = load_dataset(file_format, data_files={"data": str(path)}, split="data", **options)
     except Exception as exc:  # the builders wrap parser errors in several exception types
-        raise DataError(
-            f"Could not read '{path}' as {file_format}: {_root_cause(exc)}", hint=_read_hint(path, data)
-        ) from exc
+        raise _read_error(exc, path, data) from exc
     if len(dataset) == 0:
         raise DataError(f"'{path}' has no rows.")
     return dataset
+
+
+@contextmanager
+def _quiet_reading() -> Iterator[None]:
+    """No 'Generating split' bars or logged tracebacks while reading: errors are reported once."""
+    import datasets
+
+    was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+    level = datasets.logging.get_verbosity()
+    datasets.utils.logging.disable_progress_bar()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+        if was_enabled:
+            datasets.utils.logging.enable_progress_bar()
+
+
+_FIELD_COUNT = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+def _read_error(exc: BaseException, path: Path, data: DataSection) -> DataError:
+    decode = _find_cause(exc, UnicodeDecodeError)
+    if isinstance(decode, UnicodeDecodeError):
+        return DataError(
+            f"'{path}' is not valid {data.encoding} text (byte {decode.start}: {decode.reason}).",
+            hint="set data.encoding to the file's encoding, e.g. data.encoding=latin-1",
+        )
+    cause = _root_cause(exc)
+    fields = _FIELD_COUNT.search(cause)
+    if fields:
+        expected, line, seen = fields.groups()
+        delimiter = repr(data.field_delimiter(path))
+        return DataError(
+            f"'{path}' line {line} has {seen} fields separated by {delimiter}; the header has {expected}.",
+            hint="fix that row, or check data.delimiter and data.quoting (files whose quote "
+            "characters are text, such as GLUE's TSVs, need data.quoting=none)",
+        )
+    return DataError(
+        f"Could not read '{path}' as {data.file_format(path)}: {cause}", hint=_read_hint(path, data)
+    )
+
+
+def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _root_cause(exc: BaseException) -> str:

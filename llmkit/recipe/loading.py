@@ -18,21 +18,94 @@ from llmkit.recipe.schema import Recipe
 # recipe and its data travel together; on the command line they are relative to where you are.
 INPUT_PATH_KEYS = (("data", "train_file"), ("data", "validation_file"), ("data", "test_file"))
 CLI = "command line"
+# A recipe may extend another: `base: other.yaml` (relative to the recipe) supplies every key the
+# recipe does not set. It is resolved here, before validation, so it is not a schema key.
+BASE_KEY = "base"
 
 KeyPath = tuple[str, ...]
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
-    """Read, merge and validate a recipe file with `KEY=VALUE` overrides."""
+    """Read, merge and validate a recipe file (and its `base:` chain) with `KEY=VALUE` overrides."""
     path = Path(path)
+    document, lines, inherited = read_recipe_tree(path)
+    document.setdefault("output_dir", str(Path("runs") / path.stem))
+    return apply_overrides(document, overrides or [], str(path), lines=lines, sources=inherited)
+
+
+def apply_overrides(
+    tree: dict[str, Any],
+    overrides: list[str],
+    source: str,
+    lines: dict[KeyPath, int] | None = None,
+    sources: dict[KeyPath, str] | None = None,
+) -> Recipe:
+    """`KEY=VALUE` overrides merged over a recipe mapping (from a file, or a run's recipe.yaml),
+    validated; their paths are relative to the current directory."""
+    override_tree = parse_overrides(overrides)
+    _resolve_input_paths(override_tree, base=Path.cwd())
+    merged = deep_merge(tree, override_tree)
+    origins = {**(sources or {}), **{key: CLI for key in _leaf_paths(override_tree)}}
+    return validate_recipe(merged, source=source, lines=lines, sources=origins)
+
+
+def read_recipe_tree(
+    path: Path, chain: tuple[Path, ...] = ()
+) -> tuple[dict[str, Any], dict[KeyPath, int], dict[KeyPath, str]]:
+    """A recipe file merged over its `base:` recipes (recursively), with input paths made absolute.
+
+    Returns the merged mapping, the line of each key written in `path` itself, and `file:line`
+    for each key that comes from a base file instead, so errors point at the file to edit."""
     document, lines = read_recipe_file(path)
     _resolve_input_paths(document, base=path.parent)
-    override_tree = parse_overrides(overrides or [])
-    _resolve_input_paths(override_tree, base=Path.cwd())
-    merged = deep_merge(document, override_tree)
-    merged.setdefault("output_dir", str(Path("runs") / path.stem))
-    sources = {key: CLI for key in _leaf_paths(override_tree)}
-    return validate_recipe(merged, source=str(path), lines=lines, sources=sources)
+    if BASE_KEY not in document:
+        return document, lines, {}
+    base_path = _base_path(path, document.pop(BASE_KEY), lines)
+    here = path.resolve()
+    if base_path.resolve() in (*chain, here):
+        loop = " -> ".join(str(p) for p in (*chain, here, base_path.resolve()))
+        raise RecipeError(
+            [f"[{path}:{lines[(BASE_KEY,)]}] base: recipes inherit in a loop: {loop}"], str(path)
+        )
+    parent, parent_lines, parent_inherited = read_recipe_tree(base_path, (*chain, here))
+    origins = {**{key: f"{base_path}:{line}" for key, line in parent_lines.items()}, **parent_inherited}
+    # A recipe's run directory is its own: a child writing into its base's runs would clobber them.
+    parent.pop("output_dir", None)
+    if _method_name(document) not in (None, _method_name(parent)):
+        # Options of one method mean nothing to another: a new method starts from its defaults.
+        parent.pop("method", None)
+    kept = {key: origin for key, origin in origins.items() if _present(parent, key) and key not in lines}
+    return deep_merge(parent, document), lines, kept
+
+
+def _base_path(path: Path, reference: Any, lines: dict[KeyPath, int]) -> Path:
+    where = f"[{path}:{lines.get((BASE_KEY,), 1)}] base"
+    if not isinstance(reference, str) or not reference.strip():
+        raise RecipeError([f"{where}: must be the path of a recipe file, got {reference!r}"], str(path))
+    base_path = path.parent / Path(reference).expanduser()
+    if not base_path.is_file():
+        raise RecipeError(
+            [
+                f"{where}: '{reference}' does not exist (looked for {base_path}; the path is relative "
+                "to this recipe file)"
+            ],
+            str(path),
+        )
+    return base_path
+
+
+def _method_name(document: dict[str, Any]) -> Any:
+    method = document.get("method")
+    return method.get("name") if isinstance(method, dict) else None
+
+
+def _present(tree: dict[str, Any], key: KeyPath) -> bool:
+    node: Any = tree
+    for part in key:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def read_recipe_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:

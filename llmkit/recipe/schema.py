@@ -161,6 +161,13 @@ class TrainSection(Section):
     )
     max_grad_norm: PositiveFloat = Field(1.0, description="Gradient clipping norm.")
     logging_steps: PositiveInt = Field(20, description="Steps between loss entries in log.jsonl.")
+    checkpoint_every: Literal["epoch"] | PositiveInt | None = Field(
+        "epoch",
+        description="Save a resumable checkpoint every epoch, every N steps, or never (null).",
+    )
+    keep_checkpoints: PositiveInt = Field(
+        2, description="Most recent checkpoints kept; all are deleted once the run completes."
+    )
 
     @model_validator(mode="after")
     def _micro_batch_divides_batch(self) -> TrainSection:

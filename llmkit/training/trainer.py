@@ -4,6 +4,8 @@ method, and the callbacks that write the run's step log."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,8 +13,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from llmkit.data.loading import LABELS
+from llmkit.errors import LlmkitError
+
+# Trainer writes a checkpoint's files one by one; they are written here and renamed into place
+# when complete, so a kill while saving never leaves a checkpoint that looks complete.
+STAGING_DIR = ".staging"
+
+
+class TrainingDiverged(LlmkitError):
+    """The loss became NaN or infinite."""
+
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -23,9 +36,38 @@ if TYPE_CHECKING:
 
 
 class LlmkitTrainer(Trainer):
-    """Trainer that keeps evaluation time out of the training throughput it reports."""
+    """Trainer that keeps evaluation time out of the training throughput it reports, stops on a
+    non-finite loss, and writes checkpoints atomically."""
 
     evaluation_seconds: float = 0.0
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            step = self.state.global_step + 1
+            raise TrainingDiverged(
+                f"Training diverged: the loss is {loss.item()} at step {step} "
+                f"(learning rate {self._get_learning_rate():.3g}).",
+                hint="lower train.learning_rate, raise train.warmup_ratio, or lower "
+                "train.max_grad_norm; check the data for empty or extreme inputs",
+            )
+        return loss
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        final_root = Path(str(self.args.output_dir))
+        staging_root = final_root / STAGING_DIR
+        self.args.output_dir = str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = str(final_root)
+        if self.args.should_save:
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            target = final_root / name
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging_root / name, target)
+            rotate_checkpoints(str(final_root), save_total_limit=self.args.save_total_limit)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         start = time.perf_counter()
@@ -80,9 +122,18 @@ class QuietProgress(ProgressCallback):
             print(message)
 
 
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The newest complete checkpoint (partial ones stay under the staging directory)."""
+    if not checkpoints_dir.is_dir():
+        return None
+    found = get_last_checkpoint(str(checkpoints_dir))
+    return Path(found) if found else None
+
+
 def training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
     train = recipe.train
     micro_batch = train.micro_batch_size or train.batch_size
+    every = train.checkpoint_every
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=train.epochs,
@@ -98,7 +149,9 @@ def training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
         seed=train.seed,
         data_seed=train.seed,
         eval_strategy="epoch",
-        save_strategy="no",
+        save_strategy="no" if every is None else "epoch" if every == "epoch" else "steps",
+        save_steps=every if isinstance(every, int) else 500,
+        save_total_limit=train.keep_checkpoints,
         logging_strategy="steps",
         logging_steps=train.logging_steps,
         report_to="none",
