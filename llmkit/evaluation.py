@@ -146,18 +146,20 @@ def print_evaluation(evaluation: Evaluation, console: Console | None = None) -> 
     summary = "  ".join(f"{name} {value:.4f}" for name, value in evaluation.metrics.items())
     console.print(summary)
     report = evaluation.per_class
-    scores = Table(title="per class", title_justify="left")
+    scores = Table()
     for column in ("label", "precision", "recall", "f1", "support"):
         scores.add_column(column, justify="left" if column == "label" else "right")
     for name, score in report.scores.items():
         scores.add_row(
             name, f"{score.precision:.4f}", f"{score.recall:.4f}", f"{score.f1:.4f}", str(score.support)
         )
+    console.print("per class:")
     console.print(scores)
-    confusion = Table(title="confusion matrix (rows: true label, columns: predicted)", title_justify="left")
+    confusion = Table()
     confusion.add_column("")
     for name in report.label_names:
         confusion.add_column(name, justify="right")
     for name, row in zip(report.label_names, report.confusion, strict=True):
         confusion.add_row(name, *map(str, row))
+    console.print("confusion matrix (rows: true label, columns: predicted label):")
     console.print(confusion)

@@ -57,12 +57,16 @@ def read_run(path: Path, overrides: list[str] | None = None) -> TrainedRun:
 
 def load_model(trained: TrainedRun) -> LoadedModel:
     """The run's trained model, in eval mode on the GPU if there is one, and its tokenizer."""
+    import warnings
+
     import torch
 
     from llmkit.models.loading import load_trained
     from llmkit.pipeline import quiet_libraries
 
     quiet_libraries()
+    # PEFT notes that GPT-2's fused Conv1D layers need fan_in_fan_out, and sets it: nothing to do.
+    warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
     model_section = trained.recipe.model
     loaded = load_trained(trained.run.model_dir, model_section.checkpoint, model_section.revision)
     device = "cuda" if torch.cuda.is_available() else "cpu"
