@@ -26,6 +26,18 @@ app = typer.Typer(
 )
 
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+NumProcessesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--num-processes",
+        min=1,
+        help="Run in N processes through accelerate's launcher (one per GPU; CPU processes without CUDA).",
+    ),
+]
+AccelerateConfigOption = Annotated[
+    Path | None,
+    typer.Option("--accelerate-config", help="An `accelerate config` file for the launcher."),
+]
 
 
 def _version(value: bool) -> None:
@@ -94,10 +106,13 @@ def finetune(
             "--dry-run", help="Check and describe the run (steps, parameters, memory); train nothing."
         ),
     ] = False,
+    num_processes: NumProcessesOption = None,
+    accelerate_config: AccelerateConfigOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Fine-tune a model as RECIPE says, evaluate it, and write a run directory."""
     with user_errors(debug):
+        from llmkit.launch import is_main_process, launched_by_accelerate, relaunch
         from llmkit.recipe.loading import load_recipe
 
         resolved = load_recipe(recipe, overrides or [])
@@ -108,12 +123,23 @@ def finetune(
 
             typer.echo(dryrun.describe(dryrun.dry_run(resolved)))
             return
+        if (num_processes or accelerate_config) and not launched_by_accelerate():
+            # The recipe was checked above, so a mistake is reported once, not by every process.
+            from llmkit.training.batching import BatchPlan
+
+            BatchPlan.for_recipe(resolved, num_processes or 1)
+            command = ["finetune", str(recipe), *(overrides or [])]
+            command += ["--output-dir", str(resolved.output_dir)]
+            command += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume)) if on]
+            relaunch(num_processes, accelerate_config, command + (["--debug"] if debug else []))
+            return
 
         from llmkit.pipeline import finetune as run_finetune
         from llmkit.report import print_summary
 
         results = run_finetune(resolved, overwrite=overwrite, resume=resume)
-        print_summary(results, str(resolved.output_dir))
+        if is_main_process():
+            print_summary(results, str(resolved.output_dir))
 
 
 # ----------------------------------------------------------------------------- trained runs

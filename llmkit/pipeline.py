@@ -44,6 +44,17 @@ class Prepared:
     validation_carved: bool
 
 
+def distributed_state() -> Any:
+    """The process group accelerate's launcher set up (or a single process when not launched).
+
+    Without CUDA the processes train on CPU over gloo; Trainer's `use_cpu` says the same, so the
+    state it builds later is this one."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def quiet_libraries() -> None:
     import warnings
 
@@ -57,7 +68,8 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
 
 
-def prepare(recipe: Recipe) -> Prepared:
+def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
+    import datasets
     from transformers import set_seed
 
     from llmkit.data.loading import load_splits
@@ -65,8 +77,12 @@ def prepare(recipe: Recipe) -> Prepared:
     from llmkit.methods import get_method
     from llmkit.metrics import MetricSuite
     from llmkit.models.loading import load_classifier
+    from llmkit.training.trainer import check_precision
 
     quiet_libraries()
+    if not show_progress:  # other processes of a multi-process run stay quiet
+        datasets.disable_progress_bars()
+    check_precision(recipe.train.precision)
     labelled = load_splits(recipe.data, seed=recipe.train.seed)
     try:
         metrics = MetricSuite.for_labels(
@@ -124,10 +140,13 @@ def _first_line(exc: BaseException) -> str:
 
 def finetune(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says; returns the content written to results.json."""
+    from llmkit.training.batching import BatchPlan
     from llmkit.training.trainer import latest_checkpoint
 
     assert recipe.output_dir is not None
     output_dir = Path(recipe.output_dir)
+    state = distributed_state()
+    plan = BatchPlan.for_recipe(recipe, state.num_processes)
     checkpoint = None
     if resume and overwrite:
         raise LlmkitError("--resume continues a run and --overwrite replaces it; give one of them.")
@@ -141,17 +160,23 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> d
                 "its first one was saved).",
                 hint="start over with --overwrite; train.checkpoint_every=N saves every N steps",
             )
+        run.writes = state.is_main_process
     else:
         RunDirectory.check_available(output_dir, overwrite)
-    prepared = prepare(recipe)
+    # The main process reads, tokenises and caches first; the others then reuse its caches.
+    with state.main_process_first():
+        prepared = prepare(recipe, show_progress=state.is_main_process)
     if checkpoint is not None:
         run.truncate_log(after_step=_checkpoint_step(checkpoint))
-    else:
+    elif state.is_main_process:
         run = RunDirectory.create(output_dir, overwrite)
         run.write_recipe(recipe.model_dump(mode="json"))
+    else:
+        run = RunDirectory(output_dir, writes=False)
+    state.wait_for_everyone()
     run.set_status("running", started_at=now(), resumed_from=str(checkpoint) if checkpoint else None)
     try:
-        results = _train(prepared, run, checkpoint)
+        results = _train(prepared, run, checkpoint, plan)
     except KeyboardInterrupt:
         run.set_status("failed", reason="interrupted (Ctrl-C)", **_resume_note(run))
         raise
@@ -228,7 +253,7 @@ def _explain_failure(exc: Exception, run: RunDirectory, recipe: Recipe) -> Excep
     return exc
 
 
-def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None) -> dict[str, Any]:
+def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan: Any) -> dict[str, Any]:
     from llmkit.data.tokenize import real_token_count
     from llmkit.models.loading import save_trained
     from llmkit.training.trainer import build_trainer
@@ -244,6 +269,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None) -> d
         prepared.metrics,
         output_dir=run.checkpoints_dir,
         log_path=run.log_path,
+        plan=plan,
     )
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     training_seconds = output.metrics["train_runtime"] - trainer.evaluation_seconds
@@ -287,6 +313,10 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None) -> d
             "resumed_from_step": _checkpoint_step(resume_from) if resume_from else None,
             "learning_rate": recipe.learning_rate,
             "batch_size": recipe.train.batch_size,
+            "world_size": plan.world_size,
+            "micro_batch_size": plan.micro_batch_size,
+            "gradient_accumulation_steps": plan.accumulation_steps,
+            "precision": recipe.train.precision,
             "final_loss": output.training_loss,
             "runtime_s": round(training_seconds, 3),
             "samples_per_second": round(samples / training_seconds, 3),

@@ -41,8 +41,10 @@ def now() -> str:
 
 
 class RunDirectory:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writes: bool = True) -> None:
         self.path = path
+        # In a multi-process run every process holds the run directory, only the main one writes.
+        self.writes = writes
 
     @staticmethod
     def check_available(path: Path, overwrite: bool) -> None:
@@ -97,7 +99,7 @@ class RunDirectory:
 
     def truncate_log(self, after_step: int) -> None:
         """Drop log entries past `after_step`: a resumed run logs those steps again."""
-        if not self.log_path.is_file():
+        if not self.writes or not self.log_path.is_file():
             return
         kept = [
             line
@@ -107,7 +109,8 @@ class RunDirectory:
         self._write_atomic(LOG_FILE, lambda p: p.write_text("".join(f"{k}\n" for k in kept)))
 
     def remove_checkpoints(self) -> None:
-        shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
+        if self.writes:
+            shutil.rmtree(self.checkpoints_dir, ignore_errors=True)
 
     @property
     def model_dir(self) -> Path:
@@ -137,6 +140,8 @@ class RunDirectory:
 
     def save_model(self, write: Callable[[Path], object]) -> None:
         """Write the model with `write(tmp_dir)`, then move it into place in one rename."""
+        if not self.writes:
+            return
         staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_DIR}-", dir=self.path))
         try:
             write(staging)
@@ -152,6 +157,8 @@ class RunDirectory:
         self._write_atomic(name, lambda p: p.write_text(text, encoding="utf-8"))
 
     def _write_atomic(self, name: str, write: Callable[[Path], object]) -> None:
+        if not self.writes:
+            return
         handle, temporary = tempfile.mkstemp(prefix=f".{name}-", dir=self.path)
         os.close(handle)
         try:

@@ -147,10 +147,13 @@ class TrainSection(Section):
     learning_rate: PositiveFloat | None = Field(
         None, description="Peak learning rate; null: the method's default."
     )
-    batch_size: PositiveInt = Field(32, description="Examples per optimizer step.")
+    batch_size: PositiveInt = Field(
+        32, description="Examples per optimizer step, over all processes (the global batch)."
+    )
     micro_batch_size: PositiveInt | None = Field(
         None,
-        description="Examples per forward pass; gradients accumulate up to batch_size. null: batch_size.",
+        description="Examples per forward pass in each process; gradients accumulate up to "
+        "batch_size. null: batch_size divided by the number of processes.",
     )
     eval_batch_size: PositiveInt = Field(64, description="Examples per evaluation forward pass.")
     seed: int = Field(42, description="Seeds head initialisation, adapters and data order.")
@@ -161,6 +164,10 @@ class TrainSection(Section):
     )
     max_grad_norm: PositiveFloat = Field(1.0, description="Gradient clipping norm.")
     logging_steps: PositiveInt = Field(20, description="Steps between loss entries in log.jsonl.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Training precision: fp32, or bf16/fp16 mixed precision (fp16 needs a CUDA GPU).",
+    )
     checkpoint_every: Literal["epoch"] | PositiveInt | None = Field(
         "epoch",
         description="Save a resumable checkpoint every epoch, every N steps, or never (null).",

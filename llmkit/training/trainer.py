@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -17,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from llmkit.data.loading import LABELS
 from llmkit.errors import LlmkitError
+from llmkit.training.batching import BatchPlan
 
 # Trainer writes a checkpoint's files one by one; they are written here and renamed into place
 # when complete, so a kill while saving never leaves a checkpoint that looks complete.
@@ -130,17 +132,34 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return Path(found) if found else None
 
 
-def training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
+def check_precision(precision: str) -> None:
+    """Fail before loading anything when the hardware cannot train in `precision`."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise LlmkitError(
+            "train.precision=fp16 needs a CUDA GPU, and this machine has none.",
+            hint="use train.precision=fp32, or bf16 (which CPUs can run)",
+        )
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise LlmkitError(
+            f"train.precision=bf16 is not supported by this GPU ({torch.cuda.get_device_name()}).",
+            hint="use train.precision=fp16 or fp32",
+        )
+
+
+def training_arguments(recipe: Recipe, output_dir: Path, plan: BatchPlan) -> TrainingArguments:
     train = recipe.train
-    micro_batch = train.micro_batch_size or train.batch_size
     every = train.checkpoint_every
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=train.epochs,
         max_steps=train.max_steps or -1,
         learning_rate=recipe.learning_rate,
-        per_device_train_batch_size=micro_batch,
-        gradient_accumulation_steps=train.batch_size // micro_batch,
+        per_device_train_batch_size=plan.micro_batch_size,
+        gradient_accumulation_steps=plan.accumulation_steps,
+        bf16=train.precision == "bf16",
+        fp16=train.precision == "fp16",
+        # Without CUDA, processes started by accelerate's launcher train on CPU over gloo.
+        use_cpu=not torch.cuda.is_available(),
         per_device_eval_batch_size=train.eval_batch_size,
         weight_decay=train.weight_decay,
         warmup_steps=train.warmup_ratio,
@@ -157,6 +176,10 @@ def training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
         report_to="none",
         disable_tqdm=False,  # its default follows the logging level, which llmkit lowers
         label_names=[LABELS],
+        # On by default in transformers 5, it multiplies each process's loss by the number of
+        # processes, which is right for token-summed LM losses only: a classification loss is
+        # already a per-example mean, so it would scale gradients (and the eval loss) by N.
+        average_tokens_across_devices=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
@@ -171,18 +194,23 @@ def build_trainer(
     metrics: MetricSuite,
     output_dir: Path,
     log_path: Path,
+    plan: BatchPlan,
 ) -> LlmkitTrainer:
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        return metrics.compute(prediction.predictions, prediction.label_ids)
+        per_example = np.asarray(prediction.predictions)  # columns: predicted label, loss
+        scores = metrics.compute(per_example[:, 0].astype("int64"), prediction.label_ids)
+        # Returned as "loss", this replaces Trainer's eval loss, a mean of per-batch means that
+        # counts the examples the distributed sampler repeats to pad the last batch.
+        return {**scores, "loss": float(per_example[:, 1].mean())}
 
     trainer = LlmkitTrainer(
         model=model,
-        args=training_arguments(recipe, output_dir),
+        args=training_arguments(recipe, output_dir, plan),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=compute_metrics,
-        preprocess_logits_for_metrics=_predicted_label,
+        preprocess_logits_for_metrics=_label_and_loss,
         callbacks=[StepLog(log_path)],
     )
     trainer.remove_callback(ProgressCallback)
@@ -191,8 +219,12 @@ def build_trainer(
     return trainer
 
 
-def _predicted_label(logits: Any, labels: Any) -> Any:
-    # Keep only the argmax: storing every logit for a large eval set costs memory for nothing.
+def _label_and_loss(logits: Any, labels: Any) -> Any:
+    """Per example: the predicted label and its cross-entropy loss.
+
+    Kept per example so that gathering across processes can drop the padding duplicates exactly;
+    storing every logit for a large eval set would cost memory for nothing."""
     if isinstance(logits, tuple):
         logits = logits[0]
-    return logits.argmax(dim=-1)
+    losses = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    return torch.stack([logits.argmax(dim=-1).to(losses.dtype), losses], dim=1)

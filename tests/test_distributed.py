@@ -1,0 +1,183 @@
+"""Multi-process training through accelerate's launcher, on 2 CPU processes over gloo: runs
+complete, only one run directory is written, and validation metrics count every example once
+(the distributed sampler pads the last batch by repeating examples)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from helpers import explain, read_labels
+
+# The launcher and two workers each import torch and transformers: give them time on a busy machine.
+LAUNCH_TIMEOUT_S = 300
+
+
+def _launch(*args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "llmkit", *map(str, args)]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env={**os.environ, **(env or {})}
+    )
+
+
+def _single_process_evaluation(run_dir: Path, checkpoint: Path) -> dict[str, float]:
+    """The saved model evaluated in this one process, example by example, without Trainer."""
+    from llmkit.data.loading import load_splits
+    from llmkit.data.tokenize import tokenize_split
+    from llmkit.metrics import MetricSuite
+    from llmkit.models.loading import load_trained
+    from llmkit.recipe.loading import validate_recipe
+
+    recipe = validate_recipe(
+        __import__("yaml").safe_load((run_dir / "recipe.yaml").read_text()), source="recipe.yaml"
+    )
+    labelled = load_splits(recipe.data, seed=recipe.train.seed)
+    loaded = load_trained(run_dir / "model", str(checkpoint))
+    model = loaded.model.eval()
+    validation = tokenize_split(
+        labelled.splits["validation"], loaded.tokenizer, recipe.data.text_columns, recipe.data.max_length, "v"
+    )
+    predictions, losses = [], []
+    with torch.inference_mode():
+        for row in validation:
+            inputs = {k: torch.tensor([v]) for k, v in row.items() if k != "labels"}
+            logits = model(**inputs).logits
+            losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor([row["labels"]])).item())
+            predictions.append(int(logits.argmax(-1)))
+    suite = MetricSuite.for_labels(["accuracy", "f1"], labelled.label_names, None, None)
+    return {
+        **suite.compute(predictions, validation["labels"]),
+        "loss": sum(losses) / len(losses),
+        "rows": len(losses),
+    }
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_two_processes_count_every_validation_example_once(
+    method: str, bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, tmp_path: Path
+) -> None:
+    assert len(read_labels(sentiment_data.validation)) % 2 == 1, "an odd split exercises the padding"
+    recipe = make_recipe(
+        bert_checkpoint,
+        sentiment_data,
+        method,
+        train={"epochs": 2, "batch_size": 8, "learning_rate": 5e-3, "eval_batch_size": 16},
+    )
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    result = _launch("finetune", recipe, "--num-processes", 2, "--output-dir", outputs / "run")
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    run_dir = outputs / "run"
+    assert [p.name for p in outputs.iterdir()] == ["run"]  # the other process wrote nothing else
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "log.jsonl",
+        "model",
+        "recipe.yaml",
+        "results.json",
+        "status.json",
+    ]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["train"]["world_size"] == 2
+    assert results["train"]["micro_batch_size"] == 4  # the global batch of 8, split over 2
+    assert results["train"]["gradient_accumulation_steps"] == 1
+    assert results["data"]["validation_rows"] == len(read_labels(sentiment_data.validation))
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert len(steps) == len(set((s, i) for i, s in enumerate(steps))), "one writer for the step log"
+
+    single = _single_process_evaluation(run_dir, bert_checkpoint)
+    distributed = results["metrics"]["validation"]
+    assert single["rows"] == results["data"]["validation_rows"]
+    assert distributed["accuracy"] == single["accuracy"]
+    assert distributed["f1"] == single["f1"]
+    assert distributed["loss"] == pytest.approx(single["loss"], abs=1e-5)
+
+
+def test_global_batch_is_kept_with_micro_batches_and_accumulation(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, tmp_path: Path
+) -> None:
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"max_steps": 3, "batch_size": 8})
+    result = _launch(
+        "finetune", recipe, "train.micro_batch_size=2", "--num-processes", 2, "--output-dir", tmp_path / "run"
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    train = json.loads((tmp_path / "run" / "results.json").read_text())["train"]
+    assert (train["world_size"], train["micro_batch_size"], train["gradient_accumulation_steps"]) == (2, 2, 2)
+
+
+def test_a_failure_in_one_process_ends_the_run_with_a_message(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, tmp_path: Path
+) -> None:
+    # Make rank 1 fail at its second training step, inside the launched processes.
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            if os.environ.get("RANK") == "1":
+                import llmkit.training.trainer as trainer
+                original = trainer.LlmkitTrainer.training_step
+                def failing_step(self, *args, **kwargs):
+                    if self.state.global_step == 1:
+                        raise RuntimeError("rank 1 lost its data shard")
+                    return original(self, *args, **kwargs)
+                trainer.LlmkitTrainer.training_step = failing_step
+            """
+        )
+    )
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"max_steps": 20})
+    pythonpath = os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
+    result = _launch(
+        "finetune",
+        recipe,
+        "--num-processes",
+        2,
+        "--output-dir",
+        tmp_path / "run",
+        env={"PYTHONPATH": pythonpath},
+    )
+    assert result.returncode != 0
+    assert "rank 1 lost its data shard" in result.stderr
+    assert "The run failed in one of the 2 processes" in result.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_batch_that_cannot_be_split_is_refused_before_launching(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, cli: Any, tmp_path: Path
+) -> None:
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"batch_size": 9})
+    result = cli("finetune", recipe, "--num-processes", "2", "--output-dir", tmp_path / "run")
+    assert result.exit_code != 0
+    assert "train.batch_size (9) must be a multiple of" in result.stderr
+    assert "processes (2)" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_fp16_without_a_gpu_is_refused_with_what_to_use_instead(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, cli: Any, tmp_path: Path
+) -> None:
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"precision": "fp16"})
+    result = cli("finetune", recipe, "--output-dir", tmp_path / "run")
+    assert result.exit_code != 0, explain(result)
+    assert "train.precision=fp16 needs a CUDA GPU" in result.stderr
+    assert "bf16" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_trains_on_cpu(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, cli: Any, tmp_path: Path
+) -> None:
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"max_steps": 2, "precision": "bf16"})
+    result = cli("finetune", recipe, "--output-dir", tmp_path / "run")
+    assert result.exit_code == 0, explain(result)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["train"]["precision"] == "bf16"
