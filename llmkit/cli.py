@@ -371,5 +371,67 @@ def recipes_schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
+# ----------------------------------------------------------------------------- bench
+
+
+@app.command()
+def bench(
+    bench_file: Annotated[
+        Path, typer.Argument(help="Bench file (YAML), e.g. recipes/benchmarks/ci.yaml.", show_default=False)
+    ],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="KEY=VALUE overrides: recipe keys (train.epochs=1) apply to every run; other keys "
+            "set the bench file's (seeds=[1], tolerances.speed=0.3).",
+            show_default=False,
+        ),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option("--output-dir", "-o", help="Where to write (default: runs/bench/<bench name>)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the output of an earlier bench there.")
+    ] = False,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline", help="An earlier bench.json to compare with (tolerances in the bench file)."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Resolve and check every run, print the run matrix; train nothing."),
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Make the runs a bench file lists (each recipe at each seed, through the same code as
+    finetune, plus runs of the hand-written peer script), write bench.json, bench.csv, bench.md
+    and plots, and check the bench file's expectations. Exits 3 when a run regressed."""
+    with user_errors(debug):
+        from llmkit.bench.checks import REGRESSION_EXIT_CODE
+        from llmkit.bench.command import check_plan, describe_plan, run_bench
+        from llmkit.bench.loading import plan_bench
+        from llmkit.bench.report import summary_table
+
+        plan = plan_bench(bench_file, overrides or [], output_dir)
+        if dry_run:
+            check_plan(plan)
+            typer.echo(describe_plan(plan))
+            return
+        outcome = run_bench(plan, overwrite, baseline, echo=typer.echo)
+    typer.echo("\n" + summary_table(outcome.summaries) + "\n")
+    typer.echo("wrote " + ", ".join(str(path) for path in outcome.files))
+    for note in outcome.notes:
+        typer.echo(f"note: {note}")
+    if outcome.regressions:
+        typer.secho(f"{len(outcome.regressions)} regressions:", fg=typer.colors.RED, err=True)
+        for regression in outcome.regressions:
+            typer.secho(f"  {regression.message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(REGRESSION_EXIT_CODE)
+    typer.secho("no regressions", fg=typer.colors.GREEN)
+
+
 def run() -> None:  # console-script entry point
     sys.exit(app())

@@ -61,7 +61,7 @@ class DryRun:
 
 
 def dry_run(recipe: Recipe) -> DryRun:
-    from llmkit.pipeline import _base_model, _parameter_counts, prepare
+    from llmkit.pipeline import base_model, parameter_counts, prepare
 
     prepared = prepare(recipe)
     train = prepared.splits["train"]
@@ -78,8 +78,8 @@ def dry_run(recipe: Recipe) -> DryRun:
     output_dir = Path(recipe.output_dir) if recipe.output_dir is not None else None
     return DryRun(
         recipe=recipe,
-        architecture=type(_base_model(prepared.model)).__name__,
-        parameters=_parameter_counts(prepared.model),
+        architecture=type(base_model(prepared.model)).__name__,
+        parameters=parameter_counts(prepared.model),
         rows={split: len(dataset) for split, dataset in prepared.splits.items()},
         example=example,
         truncated_rows=sum(length >= recipe.data.max_length for length in lengths),
@@ -91,11 +91,12 @@ def dry_run(recipe: Recipe) -> DryRun:
 
 
 def training_steps(recipe: Recipe, train_rows: int) -> tuple[int, int]:
-    """Optimizer steps per epoch and in all, counted as Trainer counts them."""
-    micro = recipe.train.micro_batch_size or recipe.train.batch_size
-    accumulation = recipe.train.batch_size // micro
-    batches = math.ceil(train_rows / micro)
-    per_epoch = max(math.ceil(batches / accumulation), 1)
+    """Optimizer steps per epoch and in all for one process, counted as Trainer counts them."""
+    from llmkit.training.batching import BatchPlan
+
+    plan = BatchPlan.for_recipe(recipe, world_size=1)
+    batches = math.ceil(train_rows / plan.micro_batch_size)
+    per_epoch = max(math.ceil(batches / plan.accumulation_steps), 1)
     return per_epoch, recipe.train.max_steps or math.ceil(recipe.train.epochs * per_epoch)
 
 

@@ -53,7 +53,7 @@ def evaluate_run(
     split: str = "validation",
     batch_size: int | None = None,
 ) -> Evaluation:
-    from llmkit.data.tokenize import tokenize_split
+    from llmkit.data.tokenize import sorted_by_length, tokenize_split
     from llmkit.metrics import MetricSuite
     from llmkit.metrics.per_class import per_class_report
 
@@ -67,10 +67,10 @@ def evaluate_run(
     else:
         dataset, source = _recipe_split(trained, split)
     loaded = load_model(trained)
-    tokenised = tokenize_split(
-        dataset, loaded.tokenizer, recipe.data.text_columns, recipe.data.max_length, split
+    tokenised = sorted_by_length(
+        tokenize_split(dataset, loaded.tokenizer, recipe.data.text_columns, recipe.data.max_length, split)
     )
-    # Rows in their own order, batched as Trainer's evaluation batches them: the logits are then
+    # Sorted and batched as training's evaluation sorts and batches them: the logits are then
     # bit-identical to training's, and the metrics equal results.json exactly.
     logits = predict_logits(
         loaded.model,

@@ -76,7 +76,7 @@ def load_model(trained: TrainedRun) -> LoadedModel:
 
 def read_table(path: Path, data: DataSection, required: list[str], hint: str) -> Dataset:
     """A data file read with the run's reader options (delimiter, quoting, encoding)."""
-    from llmkit.data.loading import _read_file  # the reader training used, so files parse alike
+    from llmkit.data.loading import read_file  # the reader training used, so files parse alike
 
     if not path.is_file():
         raise DataError(f"Input file '{path}' does not exist.")
@@ -84,7 +84,7 @@ def read_table(path: Path, data: DataSection, required: list[str], hint: str) ->
         raise DataError(
             f"'{path}' has an unknown extension.", hint=f"use one of: {', '.join(sorted(DATA_FILE_FORMATS))}"
         )
-    dataset = _read_file(path, data)
+    dataset = read_file(path, data)
     missing = [column for column in required if column not in dataset.column_names]
     if missing:
         raise DataError(
@@ -98,7 +98,7 @@ def read_table(path: Path, data: DataSection, required: list[str], hint: str) ->
 def read_labelled_file(path: Path, data: DataSection, label_names: list[str]) -> Dataset:
     """A labelled file with `labels` as the ids the model was trained with (not ids derived from
     this file's own label set, which may lack some classes), capped at data.max_eval_samples."""
-    from llmkit.data.loading import _encode_labels
+    from llmkit.data.loading import encode_labels
 
     dataset = read_table(
         path,
@@ -110,7 +110,7 @@ def read_labelled_file(path: Path, data: DataSection, label_names: list[str]) ->
     ids: dict[Any, int] = {name: index for index, name in enumerate(label_names)}
     if data.label_names is not None:  # the training data wrote ids 0..n-1; accept them and names
         ids.update({index: index for index in range(len(label_names))})
-    encoded = _encode_labels(dataset, data, ids, len(label_names), f"'{path}'")
+    encoded = encode_labels(dataset, data, ids, len(label_names), f"'{path}'")
     cap = data.max_eval_samples
     return encoded.select(range(cap)) if cap is not None and len(encoded) > cap else encoded
 

@@ -8,9 +8,10 @@ no plain checkpoint computes the same function, so those runs cannot be merged."
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llmkit.errors import LlmkitError, RunDirectoryError
 from llmkit.inference import load_model, read_run
@@ -24,6 +25,8 @@ PROBE_TEXTS = [
     "how do I change the password on my account",
     "I was charged twice this month, please refund one payment",
 ]
+
+T = TypeVar("T")
 
 NOT_MERGEABLE = {
     "prefix": "prefix tuning adds trained key/value vectors to every attention layer as extra "
@@ -65,14 +68,19 @@ def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> Merge
     columns = trained.recipe.data.text_columns
     before = _probe_logits(loaded.model, loaded.tokenizer, columns)
     merged = loaded.model.merge_and_unload()
-    _replace_dir(output_dir, lambda target: _save(merged, loaded.tokenizer, target))
-    difference = _reloaded_difference(output_dir, before, columns)
-    if difference > LOGIT_TOLERANCE:
-        raise LlmkitError(
-            f"The merged model's logits differ from the adapter's by {difference:.2e} (more than "
-            f"{LOGIT_TOLERANCE:g}); the merge is not faithful, so do not use {output_dir}.",
-            hint="please report this with the run's recipe.yaml",
-        )
+
+    def save_and_check(target: Path) -> float:
+        _save(merged, loaded.tokenizer, target)
+        difference = _reloaded_difference(target, before, columns)
+        if difference > LOGIT_TOLERANCE:
+            raise LlmkitError(
+                f"The merged model's logits differ from the adapter's by {difference:.2e} (more than "
+                f"{LOGIT_TOLERANCE:g}): the merge is not faithful, so nothing was written.",
+                hint="please report this with the run's recipe.yaml",
+            )
+        return difference
+
+    difference = _replace_dir(output_dir, save_and_check)
     return MergeResult(
         method,
         output_dir,
@@ -96,16 +104,18 @@ def _check_output_dir(output_dir: Path, run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _replace_dir(output_dir: Path, write: Any) -> None:
-    """Write into a sibling staging directory, then rename: a failed merge leaves nothing behind."""
+def _replace_dir(output_dir: Path, write: Callable[[Path], T]) -> T:
+    """Write (and check) in a sibling staging directory, then rename it into place: a merge that
+    fails or is killed leaves no directory that looks complete."""
     staging = output_dir.with_name(f".{output_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        write(staging)
+        result = write(staging)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
+        return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -73,7 +73,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     from transformers import set_seed
 
     from llmkit.data.loading import load_splits
-    from llmkit.data.tokenize import tokenize_split
+    from llmkit.data.tokenize import sorted_by_length, tokenize_split
     from llmkit.methods import get_method
     from llmkit.metrics import MetricSuite
     from llmkit.models.loading import load_classifier
@@ -101,6 +101,9 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
         split: tokenize_split(ds, loaded.tokenizer, recipe.data.text_columns, recipe.data.max_length, split)
         for split, ds in labelled.splits.items()
     }
+    for split in ("validation", "test"):
+        if split in tokenised:
+            tokenised[split] = sorted_by_length(tokenised[split])
     return Prepared(
         recipe=recipe,
         model=model,
@@ -295,7 +298,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
         "model": {
             "checkpoint": recipe.model.checkpoint,
             "model_type": prepared.traits.model_type,
-            "architecture": type(_base_model(trainer.model)).__name__,
+            "architecture": type(base_model(trainer.model)).__name__,
         },
         "method": recipe.method.model_dump(mode="json"),
         "data": {
@@ -324,7 +327,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             "peak_memory_mb": peak_memory_mb,
             "device": str(trainer.args.device),
         },
-        "parameters": _parameter_counts(trainer.model),
+        "parameters": parameter_counts(trainer.model),
         "versions": _versions(),
     }
 
@@ -355,11 +358,11 @@ def _peak_memory_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def _base_model(model: Any) -> Any:
+def base_model(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _parameter_counts(model: Any) -> dict[str, Any]:
+def parameter_counts(model: Any) -> dict[str, Any]:
     if hasattr(model, "get_nb_trainable_parameters"):
         trainable, total = model.get_nb_trainable_parameters()
     else:

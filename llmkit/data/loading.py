@@ -39,7 +39,7 @@ def load_splits(data: DataSection, seed: int) -> LabelledSplits:
             _check_columns(dataset, data, _describe_split(data, split))
     label_names, to_id = _label_mapping(raw["train"], data)
     encoded = {
-        split: _encode_labels(ds, data, to_id, len(label_names), _describe_split(data, split))
+        split: encode_labels(ds, data, to_id, len(label_names), _describe_split(data, split))
         for split, ds in raw.items()
     }
     carved = "validation" not in encoded
@@ -70,7 +70,7 @@ def _read_files(data: DataSection) -> dict[str, Dataset]:
         if path is None:
             continue
         try:
-            read[split] = _read_file(path, data)
+            read[split] = read_file(path, data)
             _check_columns(read[split], data, f"'{path}'")
         except DataError as exc:
             problems.append(exc)
@@ -82,7 +82,7 @@ def _read_files(data: DataSection) -> dict[str, Dataset]:
     return read
 
 
-def _read_file(path: Path, data: DataSection) -> Dataset:
+def read_file(path: Path, data: DataSection) -> Dataset:
     from datasets import load_dataset
 
     if not path.is_file():
@@ -270,7 +270,7 @@ def _preview(values: set[Any]) -> str:
     return ", ".join(shown) + (" ..." if len(values) > 10 else "")
 
 
-def _encode_labels(
+def encode_labels(
     dataset: Dataset, data: DataSection, to_id: dict[Any, int], num_labels: int, where: str
 ) -> Dataset:
     from datasets import ClassLabel, Value

@@ -164,6 +164,11 @@ class TrainSection(Section):
     )
     max_grad_norm: PositiveFloat = Field(1.0, description="Gradient clipping norm.")
     logging_steps: PositiveInt = Field(20, description="Steps between loss entries in log.jsonl.")
+    group_by_length: bool = Field(
+        True,
+        description="Batch training examples of similar length (random otherwise): far less padding "
+        "computed (3x fewer tokens on SST-2).",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
         description="Training precision: fp32, or bf16/fp16 mixed precision (fp16 needs a CUDA GPU).",

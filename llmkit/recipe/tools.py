@@ -22,6 +22,8 @@ from llmkit.recipe.schema import Recipe
 RECIPES_DIR = Path("recipes")
 SKIPPED_DIRS = ("benchmarks",)
 SUFFIXES = (".yaml", ".yml")
+# `# yaml-language-server: $schema=...` tells editors which schema to use; it describes nothing.
+EDITOR_MODELINE = "# yaml-language-server:"
 
 
 def find_recipes(root: Path = RECIPES_DIR) -> list[Path]:
@@ -77,7 +79,8 @@ def header_comment(text: str) -> list[str]:
     for line in text.splitlines():
         if not line.startswith("#"):
             break
-        lines.append(line[1:].removeprefix(" ").rstrip())
+        if not line.startswith(EDITOR_MODELINE):
+            lines.append(line[1:].removeprefix(" ").rstrip())
     return lines
 
 
@@ -279,17 +282,19 @@ def new_recipe(name: str, source: Path, overwrite: bool = False) -> Path:
 
 
 def _new_header(text: str, source: Path, target: Path) -> str:
-    header = header_comment(text)
-    body = text.splitlines(keepends=True)[len(header) :]
-    old_paths = {str(source), source.as_posix(), f"{source.parent.name}/{source.name}"}
+    original = text.splitlines(keepends=True)
+    comment_lines = next((i for i, line in enumerate(original) if not line.startswith("#")), len(original))
+    modelines = [line for line in original[:comment_lines] if line.startswith(EDITOR_MODELINE)]
+    old_paths = sorted({str(source), source.as_posix(), f"{source.parent.name}/{source.name}"}, key=len)
     lines = [f"{target.stem}: a copy of {source.as_posix()}; say here what this recipe changes.", ""]
-    for line in header:
-        for old in sorted(old_paths, key=len, reverse=True):
-            line = line.replace(old, target.as_posix()) if old in line else line
+    for line in header_comment(text):
+        for old in reversed(old_paths):  # longest first: a full path before its tail
+            line = line.replace(old, target.as_posix())
         lines.append(line)
-    if not header:
-        lines.extend(["", f"  llmkit finetune {target.as_posix()}"])
-    return "".join(f"# {line}".rstrip() + "\n" for line in lines) + "".join(body)
+    if len(lines) == 2:
+        lines.append(f"  llmkit finetune {target.as_posix()}")
+    header = "".join(f"# {line}".rstrip() + "\n" for line in lines)
+    return "".join(modelines) + header + "".join(original[comment_lines:])
 
 
 def _rebase_paths(text: str, old_dir: Path, new_dir: Path) -> str:

@@ -155,6 +155,9 @@ def training_arguments(recipe: Recipe, output_dir: Path, plan: BatchPlan) -> Tra
         max_steps=train.max_steps or -1,
         learning_rate=recipe.learning_rate,
         per_device_train_batch_size=plan.micro_batch_size,
+        # Trainer's LengthGroupedSampler: random mega-batches of 50 batches, sorted by length
+        # inside, so each batch pads to a length close to its examples' own.
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         gradient_accumulation_steps=plan.accumulation_steps,
         bf16=train.precision == "bf16",
         fp16=train.precision == "fp16",

@@ -1,0 +1,103 @@
+"""One summary per run of the bench file: mean and standard deviation over its seeds of each
+figure, and its speed as a ratio to its peer run."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from llmkit.bench.loading import BenchPlan
+from llmkit.bench.runner import RunRecord
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation of a figure over the seeds that reported it."""
+
+    mean: float | None
+    std: float | None  # None for fewer than two values
+    values: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, values: list[Any]) -> Stat:
+        numbers = [float(v) for v in values if v is not None]
+        if not numbers:
+            return cls(None, None, [])
+        std = statistics.stdev(numbers) if len(numbers) > 1 else None
+        return cls(statistics.fmean(numbers), std, numbers)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    name: str
+    kind: str
+    model: str
+    method: str
+    seeds: list[int]  # those that completed
+    failed_seeds: list[int]
+    train_rows: int | None
+    epochs: float | None
+    validation_rows: int | None
+    accuracy: Stat
+    f1: Stat
+    trainable_parameters: int | None
+    total_parameters: int | None
+    trainable_percent: float | None
+    samples_per_second: Stat
+    tokens_per_second: Stat
+    peak_memory_mb: float | None  # the largest over seeds
+    wall_s: Stat
+    peer: str | None  # the peer run given this run's recipe
+    speed_ratio_vs_peer: float | None  # mean samples/s over the peer's
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(plan: BenchPlan, records: list[RunRecord]) -> list[RunSummary]:
+    """Summaries in the bench file's order of runs."""
+    summaries = {run.label: _summary(run.label, run.kind, plan, records) for run in plan.bench.runs}
+    for run in plan.bench.runs:
+        peers = plan.bench.peers_of(run.label)
+        if peers:
+            mine = summaries[run.label]
+            ratio = speed_ratio(mine, summaries[peers[0].label])
+            summaries[run.label] = replace(mine, peer=peers[0].label, speed_ratio_vs_peer=ratio)
+    return list(summaries.values())
+
+
+def speed_ratio(run: RunSummary, reference: RunSummary) -> float | None:
+    mine, theirs = run.samples_per_second.mean, reference.samples_per_second.mean
+    return round(mine / theirs, 4) if mine is not None and theirs else None
+
+
+def _summary(name: str, kind: str, plan: BenchPlan, records: list[RunRecord]) -> RunSummary:
+    mine = [record for record in records if record.name == name]
+    done = [record for record in mine if record.status == "completed"]
+    planned = next(run for run in plan.runs if run.name == name)
+    first = done[0] if done else None
+    parameters = first.figure("parameters") if first else None
+    peaks = [p for record in done if (p := record.figure("train", "peak_memory_mb")) is not None]
+    return RunSummary(
+        name=name,
+        kind=kind,
+        model=planned.recipe.model.checkpoint,
+        method=planned.recipe.method.name,
+        seeds=[record.seed for record in done],
+        failed_seeds=[record.seed for record in mine if record.status != "completed"],
+        train_rows=first.figure("data", "train_rows") if first else None,
+        epochs=first.figure("train", "epochs") if first else None,
+        validation_rows=first.figure("data", "validation_rows") if first else None,
+        accuracy=Stat.of([record.figure("metrics", "validation", "accuracy") for record in done]),
+        f1=Stat.of([record.figure("metrics", "validation", "f1") for record in done]),
+        trainable_parameters=parameters["trainable"] if parameters else None,
+        total_parameters=parameters["total"] if parameters else None,
+        trainable_percent=parameters["trainable_percent"] if parameters else None,
+        samples_per_second=Stat.of([record.figure("train", "samples_per_second") for record in done]),
+        tokens_per_second=Stat.of([record.figure("train", "tokens_per_second") for record in done]),
+        peak_memory_mb=max(peaks) if peaks else None,
+        wall_s=Stat.of([record.wall_s for record in done]),
+        peer=None,
+        speed_ratio_vs_peer=None,
+    )

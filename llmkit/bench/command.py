@@ -1,0 +1,259 @@
+"""What `llmkit bench` does: check the whole plan (every recipe resolved, data, checkpoints and the
+peer script found) before the first run, make the runs, then write bench.json, bench.csv,
+bench.md and the plots, and check the expectations and the baseline."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from llmkit.bench.aggregate import RunSummary, summarize
+from llmkit.bench.checks import Regression, check_expectations, compare_with_baseline, read_baseline
+from llmkit.bench.loading import BenchPlan, PlannedRun
+from llmkit.bench.peer import peer_command, peer_notes, peer_problems
+from llmkit.bench.report import (
+    CSV_FILE,
+    JSON_FILE,
+    MARKDOWN_FILE,
+    markdown_table,
+    short_model,
+    write_csv,
+    write_json,
+    write_markdown,
+)
+from llmkit.bench.runner import Echo, RunRecord, execute, reset_peak_memory
+from llmkit.errors import LlmkitError
+from llmkit.rundir import now
+
+
+@dataclass(frozen=True)
+class BenchOutcome:
+    output_dir: Path
+    summaries: list[RunSummary]
+    regressions: list[Regression]
+    notes: list[str]
+    files: list[Path]
+
+
+def check_plan(plan: BenchPlan) -> None:
+    """Everything that can be checked without training: data files and checkpoints exist, and the
+    peer script can train what its runs' recipes describe."""
+    from llmkit.models.checkpoint import locate_checkpoint
+
+    problems = []
+    for run in _first_of_each(plan):
+        data = run.recipe.data
+        for file in (data.train_file, data.validation_file, data.test_file):
+            if file is not None and not Path(file).is_file():
+                problems.append(f"run {run.name}: data file '{file}' does not exist")
+        try:
+            locate_checkpoint(run.recipe.model.checkpoint)
+        except LlmkitError as exc:
+            problems.append(f"run {run.name}: {exc}")
+        if run.kind == "peer":
+            if not plan.peer_script.is_file():
+                problems.append(
+                    f"run {run.name}: the peer script '{plan.peer_script}' does not exist (set "
+                    "peer_script: in the bench file, relative to it)"
+                )
+            problems += [f"run {run.name}: {problem}" for problem in peer_problems(run.recipe)]
+    if problems:
+        raise LlmkitError(f"{plan.path}: the bench cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def describe_plan(plan: BenchPlan) -> str:
+    """The run matrix `--dry-run` prints."""
+    rows = [
+        [
+            str(run.index),
+            run.name,
+            run.kind,
+            str(run.seed),
+            short_model(run.recipe.model.checkpoint),
+            run.recipe.method.name,
+            str(run.recipe.data.max_train_samples or "all"),
+            f"{run.recipe.train.epochs:g}",
+            str(run.recipe.train.batch_size),
+            f"{run.recipe.learning_rate:g}",
+            str(run.recipe.data.max_length),
+        ]
+        for run in plan.runs
+    ]
+    headers = (
+        "#",
+        "run",
+        "kind",
+        "seed",
+        "model",
+        "method",
+        "train rows",
+        "epochs",
+        "batch",
+        "lr",
+        "max length",
+    )
+    lines = [
+        f"bench {plan.name} ({plan.path}): {len(plan.runs)} runs into {plan.output_dir}",
+        "",
+        markdown_table(headers, rows),
+    ]
+    expectations = [_expectations(plan, run.label) for run in plan.bench.runs]
+    if any(expectations):
+        lines += ["", "expectations:"]
+        lines += [
+            f"  {run.label}: {text}" for run, text in zip(plan.bench.runs, expectations, strict=True) if text
+        ]
+    peers = [run for run in _first_of_each(plan) if run.kind == "peer"]
+    if peers:
+        lines += ["", f"peer runs ({plan.peer_script}):"]
+        for run in peers:
+            command = peer_command(plan.peer_script, run.recipe, _model_shown(run))
+            lines.append(f"  {run.name}: {' '.join(command[1:])}")
+            lines += [f"    note: {note}" for note in peer_notes(run.recipe)]
+    return "\n".join(lines)
+
+
+def run_bench(plan: BenchPlan, overwrite: bool, baseline_path: Path | None, echo: Echo) -> BenchOutcome:
+    baseline = read_baseline(baseline_path) if baseline_path is not None else None
+    check_plan(plan)
+    output_dir = plan.output_dir
+    _prepare_output(output_dir, overwrite)
+    started, started_at = time.perf_counter(), now()
+    meta: dict[str, Any] = {
+        "name": plan.name,
+        "file": str(plan.path),
+        "command": " ".join(["llmkit bench", str(plan.path), *plan.overrides]),
+        "output_dir": str(output_dir),
+        "peer_script": str(plan.peer_script),
+        "baseline": str(baseline_path) if baseline_path else None,
+        "started_at": started_at,
+        "run_count": len(plan.runs),
+        "peak_memory": _peak_memory_meaning(reset_peak_memory()),
+        "host": _host(),
+        "versions": _versions(),
+        "complete": False,
+    }
+
+    def save_progress(records: list[RunRecord]) -> None:
+        document = {"bench": meta, "runs": [r.to_json() for r in records]}
+        write_json(output_dir / JSON_FILE, document)
+
+    records = execute(plan, echo, save_progress)
+    summaries = summarize(plan, records)
+    regressions = check_expectations(plan, records, summaries)
+    peers = [run for run in _first_of_each(plan) if run.kind == "peer"]
+    notes = [f"{run.name}: {note}" for run in peers for note in peer_notes(run.recipe)]
+    if baseline is not None:
+        found, compared = compare_with_baseline(summaries, baseline, plan.bench.tolerances)
+        regressions += found
+        notes += compared
+    meta.update(finished_at=now(), wall_s=round(time.perf_counter() - started, 1), complete=True)
+    write_json(
+        output_dir / JSON_FILE,
+        {
+            "bench": meta,
+            "runs": [r.to_json() for r in records],
+            "summary": [s.to_json() for s in summaries],
+            "regressions": [r.to_json() for r in regressions],
+            "notes": notes,
+        },
+    )
+    write_csv(output_dir / CSV_FILE, summaries)
+    write_markdown(output_dir / MARKDOWN_FILE, meta, summaries, regressions, notes)
+    from llmkit.bench.plots import draw_plots
+
+    plots = draw_plots(output_dir, summaries, plan.name)
+    files = [output_dir / name for name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE)] + plots
+    return BenchOutcome(output_dir, summaries, regressions, notes, files)
+
+
+def _first_of_each(plan: BenchPlan) -> list[PlannedRun]:
+    """One planned run per run of the bench file (seeds differ only in train.seed)."""
+    seen: dict[str, PlannedRun] = {}
+    for run in plan.runs:
+        seen.setdefault(run.name, run)
+    return list(seen.values())
+
+
+def _expectations(plan: BenchPlan, name: str) -> str:
+    expect = plan.bench.run(name).expect
+    parts = []
+    if expect.min_accuracy is not None:
+        parts.append(f"validation accuracy >= {expect.min_accuracy:g}")
+    if expect.min_f1 is not None:
+        parts.append(f"validation F1 >= {expect.min_f1:g}")
+    if expect.min_speed_ratio is not None:
+        reference = expect.speed_reference or plan.bench.peers_of(name)[0].label
+        parts.append(f"train samples/s >= {expect.min_speed_ratio:g}x {reference}'s")
+    if expect.max_peak_memory_mb is not None:
+        parts.append(f"peak memory <= {expect.max_peak_memory_mb:g} MB")
+    return ", ".join(parts)
+
+
+def _model_shown(run: PlannedRun) -> str:
+    from llmkit.models.checkpoint import locate_checkpoint
+
+    location = locate_checkpoint(run.recipe.model.checkpoint)
+    if location.gguf_file is not None:
+        return f"<{location.gguf_file.name} dequantised>"  # converted only when the bench runs
+    return location.path
+
+
+def _prepare_output(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise LlmkitError(f"Bench output path '{output_dir}' exists and is not a directory.")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise LlmkitError(
+                f"Bench output directory '{output_dir}' already exists.",
+                hint="pass --overwrite to replace it, or --output-dir DIR to write elsewhere",
+            )
+        if not (output_dir / JSON_FILE).is_file() and not (output_dir / "runs").is_dir():
+            # --overwrite replaces an earlier bench, never a directory that merely is in the way.
+            raise LlmkitError(
+                f"'{output_dir}' is not the output of an earlier bench, so --overwrite does not replace it.",
+                hint="give --output-dir a new or empty directory",
+            )
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _peak_memory_meaning(reset: bool) -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "peak GPU memory allocated by the run (reset before each run); peer runs: peak resident memory of the script's process"  # noqa: E501
+    if reset:
+        return "peak resident memory of the process during the run (reset before each run); peer runs: of the script's process"  # noqa: E501
+    return (
+        "peak resident memory of the bench process so far (this platform cannot reset it between "
+        "runs, so a run's figure includes the runs before it); peer runs: of the script's process"
+    )
+
+
+def _host() -> dict[str, Any]:
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu_count": cores,
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("llmkit", "torch", "transformers", "peft"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "?"
+    return found

@@ -1,0 +1,166 @@
+"""The peer baseline: the hand-written Trainer+PEFT script (`shared/bench/peer_trainer.py`) run as
+a subprocess, given the settings of an llmkit run's resolved recipe (model, data files, rows,
+epochs, batch size, learning rate, max length, method), so both train the same model on the same
+rows and their speeds can be compared within one bench.
+
+The script prints one JSON line; it is turned into the shape of llmkit's results.json (the figures
+it has), so peer runs aggregate, tabulate and plot like llmkit runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import LlmkitError
+from llmkit.recipe.schema import Recipe
+
+# What the script hard-codes for each method; a recipe asking for other options is still run (for
+# speed), and the difference is noted.
+SCRIPT_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": None, "bias": "none"},
+    "prefix": {"num_virtual_tokens": 20, "projection": False},
+    "prompt": {"num_virtual_tokens": 20, "init": "random"},
+}
+LOG_FILE = "peer.log"
+
+
+class PeerError(LlmkitError):
+    """A peer run that cannot be set up from its recipe, or whose script failed."""
+
+
+def peer_problems(recipe: Recipe) -> list[str]:
+    """Why the script cannot train what the recipe describes (empty when it can)."""
+    data, problems = recipe.data, []
+    if data.train_file is None or data.validation_file is None:
+        problems.append("the peer script reads local train and validation files; the recipe names none")
+    else:
+        for path in (data.train_file, data.validation_file):
+            if data.field_delimiter(path) != "\t":
+                problems.append(f"the peer script reads tab-separated files; '{path}' is not one")
+    if recipe.train.max_steps is not None:
+        problems.append("the peer script trains whole epochs; the recipe sets train.max_steps")
+    return problems
+
+
+def peer_notes(recipe: Recipe) -> list[str]:
+    """Differences between what the script trains and the recipe, which do not change its speed."""
+    notes = []
+    options = recipe.method.model_dump()
+    differing = [
+        f"{key} {options.get(key)!r} (script: {value!r})"
+        for key, value in SCRIPT_METHOD_OPTIONS[recipe.method.name].items()
+        if options.get(key) != value
+    ]
+    if differing:
+        notes.append(f"the script's {recipe.method.name} options differ: {', '.join(differing)}")
+    if recipe.data.max_eval_samples is not None:
+        notes.append("the script evaluates every validation row (data.max_eval_samples is not passed)")
+    if recipe.train.precision != "fp32":
+        notes.append("the script trains in fp32")
+    return notes
+
+
+def peer_command(script: Path, recipe: Recipe, model: str) -> list[str]:
+    data, train = recipe.data, recipe.train
+    return [
+        sys.executable,
+        str(script),
+        "--model", model,
+        "--train", str(data.train_file),
+        "--dev", str(data.validation_file),
+        "--text", ",".join(data.text_columns),
+        "--label", data.label_column,
+        "--limit", str(data.max_train_samples or 0),  # 0: every row
+        "--epochs", f"{train.epochs:g}",
+        "--bs", str(train.batch_size),
+        "--lr", f"{recipe.learning_rate:g}",
+        "--max-len", str(data.max_length),
+        "--method", recipe.method.name,
+    ]  # fmt: skip
+
+
+def model_directory(recipe: Recipe) -> str:
+    """What the script's --model gets: a plain checkpoint directory (a GGUF file dequantised once,
+    as llmkit does: Trainer cannot train GGUF-quantised weights), or a hub id."""
+    from llmkit.models.checkpoint import dequantised_checkpoint, locate_checkpoint
+
+    location = locate_checkpoint(recipe.model.checkpoint)
+    if location.gguf_file is not None:
+        return str(dequantised_checkpoint(location.gguf_file))
+    return location.path
+
+
+def run_peer(script: Path, recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    """Run the script in `run_dir` (its output goes to peer.log) and return results.json content."""
+    problems = peer_problems(recipe)
+    if problems:
+        raise PeerError("; ".join(problems))
+    command = peer_command(script, recipe, model_directory(recipe))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / LOG_FILE
+    with log.open("w", encoding="utf-8") as handle:
+        handle.write(" ".join(command) + "\n")
+        handle.flush()
+        returncode, peak_kb = _run_measured(command, run_dir, handle)
+    output = log.read_text(encoding="utf-8")
+    reported = _last_json_line(output)
+    if returncode != 0 or reported is None:
+        tail = "\n".join(output.strip().splitlines()[-5:])
+        raise PeerError(f"the peer script exited with code {returncode}; {log} ends with:\n{tail}")
+    results = _as_results(recipe, reported, peak_kb)
+    results["peer"] = {"command": command, "reported": reported, "notes": peer_notes(recipe)}
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def _run_measured(command: list[str], cwd: Path, log: Any) -> tuple[int, int]:
+    """Exit code and peak resident memory (kB) of the child alone, via wait4's resource usage."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait
+    peak = usage.ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return process.returncode, peak // 1024 if sys.platform == "darwin" else peak
+
+
+def _last_json_line(output: str) -> dict[str, Any] | None:
+    for line in reversed(output.splitlines()):
+        if line.startswith("{"):
+            try:
+                parsed = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict) and "train_samples_per_s" in parsed:
+                return parsed
+    return None
+
+
+def _as_results(recipe: Recipe, reported: dict[str, Any], peak_kb: int) -> dict[str, Any]:
+    samples = round(reported["train_samples"] * reported["epochs"])
+    return {
+        "status": "completed",
+        "model": {"checkpoint": recipe.model.checkpoint},
+        "method": {"name": reported.get("method", recipe.method.name)},
+        "data": {"train_rows": reported["train_samples"]},
+        "metrics": {"validation": {"accuracy": reported["accuracy"], "f1": reported["f1"]}},
+        "train": {
+            "epochs": reported["epochs"],
+            "samples": samples,
+            "learning_rate": recipe.learning_rate,
+            "batch_size": recipe.train.batch_size,
+            "runtime_s": reported["train_s"],
+            "samples_per_second": reported["train_samples_per_s"],
+            "tokens_per_second": None,  # the script does not count tokens
+            "peak_memory_mb": round(peak_kb / 1024, 1),
+        },
+        "parameters": None,  # nor parameters
+    }

@@ -1,0 +1,158 @@
+"""The bench's files: bench.json (every run's results.json content, the summaries, the checks and
+the bench's metadata), bench.csv (one row per run of the bench file) and bench.md (the table a
+person reads)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from llmkit.bench.aggregate import RunSummary, Stat
+from llmkit.bench.checks import Regression
+
+JSON_FILE, CSV_FILE, MARKDOWN_FILE = "bench.json", "bench.csv", "bench.md"
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+    temporary.replace(path)  # a reader never sees half a file, even while the bench still runs
+
+
+CSV_COLUMNS = (
+    "run", "kind", "model", "method", "train_rows", "epochs", "seeds", "failed_seeds",
+    "accuracy_mean", "accuracy_std", "f1_mean", "f1_std",
+    "trainable_parameters", "total_parameters", "trainable_percent",
+    "samples_per_second_mean", "samples_per_second_std", "speed_ratio_vs_peer", "peer",
+    "tokens_per_second_mean", "tokens_per_second_std", "peak_memory_mb", "wall_s_mean",
+)  # fmt: skip
+
+
+def write_csv(path: Path, summaries: list[RunSummary]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(csv_row(summary) for summary in summaries)
+
+
+def csv_row(s: RunSummary) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "run": s.name,
+        "seeds": " ".join(map(str, s.seeds)),
+        "failed_seeds": " ".join(map(str, s.failed_seeds)),
+        "wall_s_mean": s.wall_s.mean,
+    }
+    for figure in ("accuracy", "f1", "samples_per_second", "tokens_per_second"):
+        stat = getattr(s, figure)
+        row.update({f"{figure}_mean": stat.mean, f"{figure}_std": stat.std})
+    return {column: row[column] if column in row else getattr(s, column) for column in CSV_COLUMNS}
+
+
+TABLE_HEADERS = (
+    "run", "model", "method", "train rows x epochs", "seeds", "val accuracy", "val F1",
+    "trainable params", "trainable %", "train samples/s", "x peer", "tokens/s", "peak MB", "wall s",
+)  # fmt: skip
+
+
+def summary_table(summaries: list[RunSummary]) -> str:
+    rows = [
+        [
+            f"{s.name} (peer script)" if s.kind == "peer" else s.name,
+            short_model(s.model),
+            s.method,
+            f"{s.train_rows} x {s.epochs:g}" if s.train_rows is not None and s.epochs is not None else "-",
+            str(len(s.seeds)) + (f" ({len(s.failed_seeds)} failed)" if s.failed_seeds else ""),
+            _stat(s.accuracy, 4),
+            _stat(s.f1, 4),
+            count(s.trainable_parameters),
+            f"{s.trainable_percent:.2f}" if s.trainable_percent is not None else "-",
+            _stat(s.samples_per_second, 1),
+            f"{s.speed_ratio_vs_peer:.2f}" if s.speed_ratio_vs_peer is not None else "-",
+            _stat(s.tokens_per_second, 0),
+            f"{s.peak_memory_mb:.0f}" if s.peak_memory_mb is not None else "-",
+            f"{s.wall_s.mean:.0f}" if s.wall_s.mean is not None else "-",
+        ]
+        for s in summaries
+    ]
+    return markdown_table(TABLE_HEADERS, rows)
+
+
+def write_markdown(
+    path: Path,
+    meta: dict[str, Any],
+    summaries: list[RunSummary],
+    regressions: list[Regression],
+    notes: list[str],
+) -> None:
+    host = meta["host"]
+    validation = sorted({s.validation_rows for s in summaries if s.validation_rows is not None})
+    lines = [
+        f"# Bench `{meta['name']}`",
+        "",
+        f"`{meta['command']}`: {meta['run_count']} runs in {_clock(meta['wall_s'])} "
+        f"(started {meta['started_at']}) on {host['platform']}, {host['cpu_count']} CPU cores "
+        f"(torch threads {host['torch_threads']}), device {host['device']}; llmkit "
+        f"{meta['versions'].get('llmkit')}, torch {meta['versions'].get('torch')}, transformers "
+        f"{meta['versions'].get('transformers')}, peft {meta['versions'].get('peft')}.",
+        "",
+        summary_table(summaries),
+        "",
+        f"Validation accuracy and F1 on {' / '.join(map(str, validation)) or '?'} validation rows, "
+        "mean ± standard deviation over seeds (± only with two or more). Train samples/s and "
+        "tokens/s (real tokens, padding excluded) count training time only, evaluation excluded. "
+        "**x peer**: train samples/s over those of the run's peer: the hand-written Trainer + PEFT "
+        "script (`peer_trainer.py`) given the same model, data rows, epochs, batch size, learning "
+        "rate and max length, measured in this bench on the same machine. Peak MB: "
+        f"{meta['peak_memory']}. Wall s: the whole run (loading, tokenising, training, "
+        "evaluation, saving).",
+        "",
+        "## Checks",
+        "",
+    ]
+    if regressions:
+        lines += [f"{len(regressions)} regressions:", "", *(f"- {r.message}" for r in regressions)]
+    else:
+        baseline = f" and no regression against `{meta['baseline']}`" if meta.get("baseline") else ""
+        lines.append(f"No regressions: every expectation of the bench file met{baseline}.")
+    if notes:
+        lines += ["", "Notes:", "", *(f"- {note}" for note in notes)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def markdown_table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def short_model(checkpoint: str) -> str:
+    """A checkpoint reference short enough for a table: the file stem of a .gguf, else the last
+    path part that is not a generic 'model'."""
+    path = Path(checkpoint.removeprefix("package:"))
+    if path.suffix.lower() == ".gguf":
+        return path.stem
+    parts = [part for part in path.parts if part not in ("model", "/")]
+    return parts[-1] if parts else checkpoint
+
+
+def count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _stat(stat: Stat, digits: int) -> str:
+    if stat.mean is None:
+        return "-"
+    shown = f"{stat.mean:.{digits}f}"
+    return shown if stat.std is None else f"{shown} ± {stat.std:.{digits}f}"
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"

@@ -1,0 +1,202 @@
+"""The bench file schema: which runs to make (recipe, overrides, seeds), which peer-baseline runs
+to set beside them, what each run is expected to reach, and the tolerances for `--baseline`.
+
+Paths in a bench file (recipes, the peer script, data-file overrides) are relative to the bench
+file, as data paths in a recipe are relative to the recipe."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    field_validator,
+    model_validator,
+)
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Where the hand-written baseline lives when a bench file does not say: beside the checkout,
+# relative to the directory `llmkit bench` runs in (the repository root, under `make`).
+DEFAULT_PEER_SCRIPT = Path("../shared/bench/peer_trainer.py")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Expectations(Section):
+    min_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Every seed's validation accuracy is at least this."
+    )
+    min_f1: float | None = Field(None, ge=0, le=1, description="Every seed's validation F1 is at least this.")
+    min_speed_ratio: PositiveFloat | None = Field(
+        None,
+        description="Mean train samples/s divided by the speed_reference run's is at least this.",
+    )
+    speed_reference: str | None = Field(
+        None, description="The run min_speed_ratio compares with; default: the peer run of this run."
+    )
+    max_peak_memory_mb: PositiveFloat | None = Field(
+        None, description="Every seed's peak memory (MB) is at most this."
+    )
+
+    @model_validator(mode="after")
+    def _reference_needs_ratio(self) -> Expectations:
+        if self.speed_reference is not None and self.min_speed_ratio is None:
+            raise ValueError("expect.speed_reference is only used with expect.min_speed_ratio")
+        return self
+
+
+class RunBase(Section):
+    name: str | None = Field(None, description="Run name in tables and messages; default: derived.")
+    expect: Expectations = Field(default_factory=Expectations)
+
+    @field_validator("name")
+    @classmethod
+    def _usable_as_directory(cls, value: str | None) -> str | None:
+        if value is not None and not RUN_NAME.match(value):
+            raise ValueError(
+                f"'{value}' is not a valid run name: use letters, digits, '.', '_' and '-' "
+                "(it names the run's directory)"
+            )
+        return value
+
+
+class LlmkitRun(RunBase):
+    kind: Literal["llmkit"] = Field("llmkit", description="`llmkit finetune` of a recipe (the default).")
+    recipe: Path = Field(description="Recipe file, relative to the bench file.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Dotted recipe keys and values, e.g. {train.epochs: 1}; over the bench's overrides.",
+    )
+    seeds: list[int] | None = Field(
+        None, description="train.seed of each repetition; default: the bench's seeds."
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        return _check_seeds(value)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.recipe.stem
+
+
+class PeerRun(RunBase):
+    kind: Literal["peer"] = Field(description="The hand-written Trainer+PEFT baseline script.")
+    like: str = Field(
+        description="The llmkit run whose resolved recipe (model, data, rows, epochs, batch size, "
+        "learning rate, max length, method) the peer script is given; it runs once per seed of it."
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.like}-peer"
+
+
+if TYPE_CHECKING:
+    BenchRun = LlmkitRun | PeerRun
+else:
+    BenchRun = Annotated[Union[LlmkitRun, PeerRun], Field(discriminator="kind")]  # noqa: UP007
+
+
+class Tolerances(Section):
+    accuracy: NonNegativeFloat = Field(0.02, description="Allowed drop of mean validation accuracy.")
+    f1: NonNegativeFloat = Field(0.02, description="Allowed drop of mean validation F1.")
+    speed: NonNegativeFloat = Field(
+        0.15,
+        description="Allowed relative drop of the speed ratio to the peer (of samples/s when either "
+        "bench has no peer for the run).",
+    )
+    peak_memory: NonNegativeFloat = Field(0.2, description="Allowed relative rise of peak memory.")
+
+
+class Bench(Section):
+    name: str | None = Field(None, description="Bench name; default: the file name without .yaml.")
+    peer_script: Path = Field(
+        DEFAULT_PEER_SCRIPT,
+        description="The peer baseline script, relative to the bench file (default: relative to "
+        "the current directory).",
+    )
+    seeds: list[int] | None = Field(
+        None, description="Seeds of every run that does not list its own; default: the recipe's train.seed."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Dotted recipe keys and values applied to every run."
+    )
+    runs: list[BenchRun] = Field(min_length=1, description="The runs, in the order they are made.")
+    tolerances: Tolerances = Field(
+        default_factory=Tolerances, description="How far a run may fall behind --baseline."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults_to_llmkit(cls, data: Any) -> Any:
+        runs = data.get("runs") if isinstance(data, dict) else None
+        if isinstance(runs, list):
+            for run in runs:
+                if isinstance(run, dict):
+                    run.setdefault("kind", "llmkit")
+        return data
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        return _check_seeds(value)
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> Bench:
+        names = [run.label for run in self.runs]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"run names must be distinct; used more than once: {', '.join(twice)} (give each a name:)"
+            )
+        kinds: dict[str, str] = {run.label: run.kind for run in self.runs}
+        problems = []
+        for run in self.runs:
+            if isinstance(run, PeerRun) and kinds.get(run.like) != "llmkit":
+                problems.append(f"{run.label}: like: '{run.like}' {_not_an_llmkit_run(run.like, kinds)}")
+            reference = run.expect.speed_reference
+            if reference is not None and (reference not in kinds or reference == run.label):
+                problems.append(
+                    f"{run.label}: expect.speed_reference: '{reference}' is not another run of "
+                    f"this bench (runs: {', '.join(names)})"
+                )
+            if run.expect.min_speed_ratio is not None and reference is None and not self.peers_of(run.label):
+                problems.append(
+                    f"{run.label}: expect.min_speed_ratio needs expect.speed_reference (no peer run "
+                    "is like this run)"
+                )
+        for name in names:
+            if len(self.peers_of(name)) > 1:
+                problems.append(f"{name}: more than one peer run is like it; keep one")
+        if problems:
+            raise ValueError("\n".join(problems))  # one problem a line: each is listed on its own
+        return self
+
+    def peers_of(self, name: str) -> list[PeerRun]:
+        return [run for run in self.runs if isinstance(run, PeerRun) and run.like == name]
+
+    def run(self, name: str) -> LlmkitRun | PeerRun:
+        return next(run for run in self.runs if run.label == name)
+
+
+def _check_seeds(value: list[int] | None) -> list[int] | None:
+    if value is not None and (not value or len(set(value)) != len(value)):
+        raise ValueError("seeds must be a non-empty list of distinct integers")
+    return value
+
+
+def _not_an_llmkit_run(name: str, kinds: dict[str, str]) -> str:
+    if kinds.get(name) == "peer":
+        return "is a peer run; name the llmkit run it mirrors"
+    llmkit_runs = [run for run, kind in kinds.items() if kind == "llmkit"]
+    return f"is not a run of this bench (llmkit runs: {', '.join(llmkit_runs)})"
