@@ -82,9 +82,7 @@ def evaluate_run(
     )
     labels = list(tokenised["labels"])
     predictions = logits.argmax(axis=-1)
-    suite = MetricSuite.for_labels(
-        list(recipe.eval.metrics), trained.label_names, recipe.eval.f1_average, recipe.eval.positive_label
-    )
+    suite = MetricSuite.for_recipe(recipe.eval, trained.label_names)
     metrics = {"loss": mean_cross_entropy(logits, labels), **suite.compute(predictions, labels)}
     return Evaluation(
         run_dir=str(run_dir),

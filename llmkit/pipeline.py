@@ -84,15 +84,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
         datasets.disable_progress_bars()
     check_precision(recipe.train.precision)
     labelled = load_splits(recipe.data, seed=recipe.train.seed)
-    try:
-        metrics = MetricSuite.for_labels(
-            list(recipe.eval.metrics),
-            labelled.label_names,
-            recipe.eval.f1_average,
-            recipe.eval.positive_label,
-        )
-    except ValueError as exc:
-        raise LlmkitError(str(exc)) from exc
+    metrics = MetricSuite.for_recipe(recipe.eval, labelled.label_names)
     set_seed(recipe.train.seed)  # the new classification head and adapters start from the seed
     loaded = load_classifier(recipe.model.checkpoint, labelled.label_names, recipe.model.revision)
     model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)

@@ -7,8 +7,12 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llmkit.errors import LlmkitError
+
 if TYPE_CHECKING:
     import evaluate
+
+    from llmkit.recipe.schema import EvalSection
 
 MODULE_DIR = Path(__file__).parent
 
@@ -30,17 +34,24 @@ class MetricSuite:
     num_labels: int
 
     @classmethod
+    def for_recipe(cls, evaluation: EvalSection, label_names: list[str]) -> MetricSuite:
+        """The suite a recipe's `eval` section asks for, checked against the data's labels."""
+        return cls.for_labels(
+            list(evaluation.metrics), label_names, evaluation.f1_average, evaluation.positive_label
+        )
+
+    @classmethod
     def for_labels(
         cls, names: list[str], label_names: list[str], f1_average: str | None, positive_label: str | None
     ) -> MetricSuite:
         average = f1_average or ("binary" if len(label_names) == 2 else "macro")
         if average == "binary" and len(label_names) != 2:
-            raise ValueError(
+            raise LlmkitError(
                 f"eval.f1_average=binary needs two labels, the data has {len(label_names)}; "
                 "use macro, micro or weighted"
             )
         if positive_label is not None and positive_label not in label_names:
-            raise ValueError(
+            raise LlmkitError(
                 f"eval.positive_label {positive_label!r} is not a label; labels are: "
                 + ", ".join(label_names)
             )

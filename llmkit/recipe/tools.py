@@ -247,15 +247,7 @@ def _check_data(recipe: Recipe) -> str:
 
     datasets.disable_progress_bars()  # a validation report, not a progress display
     labelled = load_splits(recipe.data, seed=recipe.train.seed)
-    try:
-        MetricSuite.for_labels(
-            list(recipe.eval.metrics),
-            labelled.label_names,
-            recipe.eval.f1_average,
-            recipe.eval.positive_label,
-        )
-    except ValueError as exc:
-        raise LlmkitError(str(exc)) from exc
+    MetricSuite.for_recipe(recipe.eval, labelled.label_names)
     rows = ", ".join(f"{split} {len(dataset)}" for split, dataset in labelled.splits.items())
     return f"data: {rows} rows; labels: {', '.join(labelled.label_names)}"
 
