@@ -53,7 +53,20 @@ def load_splits(data: DataSection, seed: int) -> LabelledSplits:
     for split, cap in caps.items():
         if cap is not None and split in encoded and len(encoded[split]) > cap:
             encoded[split] = encoded[split].select(range(cap))
+    if data.max_train_samples is not None:
+        _check_capped_train_labels(encoded["train"], data, label_names)
     return LabelledSplits(splits=encoded, label_names=label_names, validation_carved=carved)
+
+
+def _check_capped_train_labels(train: Dataset, data: DataSection, label_names: list[str]) -> None:
+    # The first N rows of a file sorted by label can all have one label, though the whole file has more.
+    present = train.unique(LABELS)
+    if len(present) < 2:
+        raise DataError(
+            f"The first {len(train)} training rows (data.max_train_samples) all have the label "
+            f"{label_names[present[0]]!r}; a classifier needs at least two.",
+            hint="raise data.max_train_samples, or shuffle the training file (it may be sorted by label)",
+        )
 
 
 def _describe_split(data: DataSection, split: str) -> str:
