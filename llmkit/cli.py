@@ -422,11 +422,12 @@ def bench(
             return
         outcome = run_bench(plan, overwrite, baseline, echo=typer.echo)
     typer.echo("\n" + summary_table(outcome.summaries) + "\n")
-    typer.echo("wrote " + ", ".join(str(path) for path in outcome.files))
+    typer.echo(f"wrote {', '.join(path.name for path in outcome.files)} in {outcome.output_dir}")
     for note in outcome.notes:
         typer.echo(f"note: {note}")
     if outcome.regressions:
-        typer.secho(f"{len(outcome.regressions)} regressions:", fg=typer.colors.RED, err=True)
+        count = len(outcome.regressions)
+        typer.secho(f"{count} regression{'s' if count > 1 else ''}:", fg=typer.colors.RED, err=True)
         for regression in outcome.regressions:
             typer.secho(f"  {regression.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(REGRESSION_EXIT_CODE)

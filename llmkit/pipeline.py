@@ -87,6 +87,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     metrics = MetricSuite.for_recipe(recipe.eval, labelled.label_names)
     set_seed(recipe.train.seed)  # the new classification head and adapters start from the seed
     loaded = load_classifier(recipe.model.checkpoint, labelled.label_names, recipe.model.revision)
+    _check_positions(loaded.model.config, recipe)
     model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
     _check_forward(model, loaded.tokenizer, labelled.splits["train"], recipe, loaded.traits.model_type)
     tokenised = {
@@ -106,6 +107,20 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
         traits=loaded.traits,
         validation_carved=labelled.validation_carved,
     )
+
+
+def _check_positions(config: Any, recipe: Recipe) -> None:
+    """Tokens per example plus prompt tokens must fit the model's position embeddings."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    virtual = getattr(recipe.method, "num_virtual_tokens", 0) if recipe.method.name == "prompt" else 0
+    if limit and recipe.data.max_length + virtual > limit:
+        prompt = f" + method.num_virtual_tokens ({virtual})" if virtual else ""
+        raise ModelError(
+            f"data.max_length ({recipe.data.max_length}){prompt} exceeds the {limit} positions this "
+            f"{config.model_type} model has.",
+            hint=f"lower data.max_length{' or method.num_virtual_tokens' if virtual else ''} so the "
+            f"total is at most {limit}",
+        )
 
 
 def _check_forward(model: Any, tokenizer: Any, train: Any, recipe: Recipe, model_type: str) -> None:

@@ -210,6 +210,16 @@ def test_checkpoint_path_that_does_not_exist(finetune: Any, tmp_path: Path) -> N
     )
 
 
+def test_prompt_longer_than_the_model_positions(finetune: Any, tmp_path: Path) -> None:
+    # The tiny BERT has 512 positions: 500 tokens of text plus 20 prompt tokens do not fit.
+    assert_rejected(
+        finetune("method.name=prompt", "method.num_virtual_tokens=20", "data.max_length=500"),
+        "data.max_length (500) + method.num_virtual_tokens (20) exceeds the 512 positions",
+        "lower data.max_length or method.num_virtual_tokens",
+        run_dir=tmp_path / "run",
+    )
+
+
 def test_hub_id_while_offline_explains_local_paths(finetune: Any, tmp_path: Path) -> None:
     # HF_HUB_OFFLINE is set and sockets are blocked (conftest): nothing can be downloaded.
     assert_rejected(

@@ -67,9 +67,6 @@ class BenchPlan:
     runs: list[PlannedRun]
     overrides: list[str]  # from the command line
 
-    def seeds_of(self, name: str) -> list[int]:
-        return [run.seed for run in self.runs if run.name == name]
-
 
 def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path | None = None) -> BenchPlan:
     """The bench file at `path` read, validated and expanded into its run matrix."""
@@ -98,25 +95,24 @@ def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path 
     if problems:
         raise BenchFileError(problems, str(path))
 
-    order: list[tuple[int, LlmkitRun | PeerRun, int]] = []
-    for position in range(max(len(s) for s in seeds.values())):
-        for index, run in enumerate(bench.runs):
-            run_seeds = seeds[run.like if isinstance(run, PeerRun) else run.label]
-            if position < len(run_seeds):
-                order.append((index, run, run_seeds[position]))
-    planned = []
-    for number, (index, run, seed) in enumerate(order, start=1):
-        run_dir = output_dir / RUNS_DIR / f"{run.label}-seed{seed}"
-        if isinstance(run, PeerRun):
-            mirrored = bench.run(run.like)
-            assert isinstance(mirrored, LlmkitRun)
-            recipe_index = bench.runs.index(mirrored)
-            recipe = _resolve(path, lines, bench, recipe_index, mirrored, seed, recipe_overrides, run_dir)
-            recipe_file, like = path.parent / mirrored.recipe, run.like
-        else:
-            recipe = _resolve(path, lines, bench, index, run, seed, recipe_overrides, run_dir)
-            recipe_file, like = path.parent / run.recipe, None
-        planned.append(PlannedRun(number, run.label, run.kind, seed, recipe, recipe_file, like))
+    # Seed by seed: every run's first seed, then every run's second, so a burst of load from other
+    # work on the machine spreads over runs rather than hitting all seeds of one.
+    planned: list[PlannedRun] = []
+    for position in range(max(len(run_seeds) for run_seeds in seeds.values())):
+        for run in bench.runs:
+            source = bench.run(run.like) if isinstance(run, PeerRun) else run  # peers get its recipe
+            assert isinstance(source, LlmkitRun)
+            if position >= len(seeds[source.label]):
+                continue
+            seed = seeds[source.label][position]
+            run_dir = output_dir / RUNS_DIR / f"{run.label}-seed{seed}"
+            index = bench.runs.index(source)
+            recipe = _resolve(path, lines, bench, index, source, seed, recipe_overrides, run_dir)
+            like = run.like if isinstance(run, PeerRun) else None
+            number = len(planned) + 1
+            planned.append(
+                PlannedRun(number, run.label, run.kind, seed, recipe, path.parent / source.recipe, like)
+            )
     return BenchPlan(bench, path, name, output_dir, peer_script, planned, list(overrides or []))
 
 

@@ -112,7 +112,8 @@ def write_markdown(
         "",
     ]
     if regressions:
-        lines += [f"{len(regressions)} regressions:", "", *(f"- {r.message}" for r in regressions)]
+        noun = "regression" if len(regressions) == 1 else "regressions"
+        lines += [f"{len(regressions)} {noun}:", "", *(f"- {r.message}" for r in regressions)]
     else:
         baseline = f" and no regression against `{meta['baseline']}`" if meta.get("baseline") else ""
         lines.append(f"No regressions: every expectation of the bench file met{baseline}.")

@@ -24,6 +24,7 @@ class RunRecord:
     name: str
     kind: str
     seed: int
+    recipe_file: str
     run_dir: str
     status: str  # "completed" or "failed"
     wall_s: float
@@ -71,9 +72,16 @@ def run_one(planned: PlannedRun, peer_script: Path) -> RunRecord:
 
 
 def _record(planned: PlannedRun, run_dir: Path, status: str, start: float, **found: Any) -> RunRecord:
-    wall = round(time.perf_counter() - start, 1)
     return RunRecord(
-        planned.index, planned.name, planned.kind, planned.seed, str(run_dir), status, wall, **found
+        index=planned.index,
+        name=planned.name,
+        kind=planned.kind,
+        seed=planned.seed,
+        recipe_file=str(planned.recipe_file),
+        run_dir=str(run_dir),
+        status=status,
+        wall_s=round(time.perf_counter() - start, 1),
+        **found,
     )
 
 

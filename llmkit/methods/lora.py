@@ -57,8 +57,16 @@ def wrap(model: PreTrainedModel, options: LoraOptions, traits: ModelTraits) -> A
         lora_dropout=options.dropout,
         target_modules=options.target_modules,
         bias=options.bias,
+        # GPT-2 style Conv1D layers store weights transposed; PEFT would warn and flip it itself.
+        fan_in_fan_out=_has_conv1d(model),
     )
     return wrap_with_peft(model, config, traits)
+
+
+def _has_conv1d(model: PreTrainedModel) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(module, Conv1D) for module in model.modules())
 
 
 register_method(LoraOptions, wrap)
