@@ -190,6 +190,13 @@ def evaluate(
         Path | None, typer.Option("--output", "-o", help="Also write the JSON report here.")
     ] = None,
     batch_size: BatchSizeOption = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Evaluate this checkpoint (e.g. `llmkit merge` output) instead of the run's model.",
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Metrics of a trained run on a split of its data or on any labelled file: the recipe's
@@ -200,7 +207,7 @@ def evaluate(
 
         from llmkit.evaluation import evaluate_run, print_evaluation
 
-        result = evaluate_run(run_dir, data, overrides or [], split.value, batch_size)
+        result = evaluate_run(run_dir, data, overrides or [], split.value, batch_size, model)
         report = json.dumps(result.to_json(), indent=2)
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ def evaluate_run(
     overrides: list[str] | None = None,
     split: str = "validation",
     batch_size: int | None = None,
+    checkpoint: Path | None = None,
 ) -> Evaluation:
     from llmkit.data.tokenize import sorted_by_length, tokenize_split
     from llmkit.metrics import MetricSuite
@@ -66,7 +67,7 @@ def evaluate_run(
         split, source = "file", str(data_file)
     else:
         dataset, source = _recipe_split(trained, split)
-    loaded = load_model(trained)
+    loaded = load_model(trained, checkpoint)
     tokenised = sorted_by_length(
         tokenize_split(dataset, loaded.tokenizer, recipe.data.text_columns, recipe.data.max_length, split)
     )

@@ -55,8 +55,9 @@ def read_run(path: Path, overrides: list[str] | None = None) -> TrainedRun:
     return TrainedRun(run=run, recipe=recipe, label_names=list(label_names))
 
 
-def load_model(trained: TrainedRun) -> LoadedModel:
-    """The run's trained model, in eval mode on the GPU if there is one, and its tokenizer."""
+def load_model(trained: TrainedRun, checkpoint: Path | None = None) -> LoadedModel:
+    """The run's trained model (or `checkpoint`, e.g. its merged copy), in eval mode on the GPU
+    if there is one, and its tokenizer."""
     import warnings
 
     import torch
@@ -68,7 +69,13 @@ def load_model(trained: TrainedRun) -> LoadedModel:
     # PEFT notes that GPT-2's fused Conv1D layers need fan_in_fan_out, and sets it: nothing to do.
     warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
     model_section = trained.recipe.model
-    loaded = load_trained(trained.run.model_dir, model_section.checkpoint, model_section.revision)
+    source = checkpoint if checkpoint is not None else trained.run.model_dir
+    if checkpoint is not None and not (checkpoint / "config.json").is_file():
+        raise RunDirectoryError(
+            f"'{checkpoint}' is not a model checkpoint: it has no config.json.",
+            hint="give a directory written by `llmkit merge` or save_pretrained",
+        )
+    loaded = load_trained(source, model_section.checkpoint, model_section.revision)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     loaded.model = loaded.model.to(device).eval()
     return loaded

@@ -293,6 +293,16 @@ def test_merge_lora_gives_a_plain_checkpoint_with_the_same_predictions(
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
     assert plain.config.id2label == {0: "0", 1: "1"}
 
+    # The merged checkpoint evaluates to the run's own metrics through `llmkit evaluate --model`.
+    reports = [
+        invoke("evaluate", run.run_dir, "--split", "test", "--format", "json", *extra)
+        for extra in ([], ["--model", merged_dir])
+    ]
+    assert all(r.exit_code == 0 for r in reports), [explain(r) for r in reports]
+    own, merged = (json.loads(r.stdout)["metrics"] for r in reports)
+    assert merged["accuracy"] == own["accuracy"] and merged["f1"] == own["f1"]
+    assert merged["loss"] == pytest.approx(own["loss"], abs=MERGE_TOLERANCE)
+
 
 def test_a_merge_that_fails_its_check_leaves_nothing(
     matrix_runs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

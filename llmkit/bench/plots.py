@@ -39,6 +39,7 @@ def _accuracy_vs_parameters(path: Path, summaries: list[RunSummary], title: str)
     for model in models:  # legend entries: one per model
         axes.plot([], [], "o", color=colours[model], label=short_model(model))
     axes.set_xscale("log")
+    axes.margins(x=0.2, y=0.15)  # room for the run names beside the points
     axes.set_xlabel("trainable parameters (log scale)")
     axes.set_ylabel("validation accuracy (mean ± std over seeds)")
     axes.set_title(f"{title}: accuracy against trainable parameters")

@@ -141,9 +141,10 @@ def save_trained(model: Any, tokenizer: PreTrainedTokenizerBase, label_names: li
 
 
 def load_trained(path: Path, base_reference: str, revision: str | None = None) -> LoadedModel:
-    """A model saved by `save_trained`: a full checkpoint, or an adapter on its base checkpoint."""
-    label_names = json.loads((path / LABELS_FILE).read_text())["label_names"]
+    """A model saved by `save_trained`: a full checkpoint, or an adapter on its base checkpoint.
+    Also any plain classification checkpoint, such as `llmkit merge`'s output."""
     if (path / "adapter_config.json").is_file():
+        label_names = json.loads((path / LABELS_FILE).read_text())["label_names"]
         from peft import PeftModel
 
         loaded = load_classifier(base_reference, label_names, revision)
