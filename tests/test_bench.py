@@ -1,0 +1,569 @@
+"""`llmkit bench` on the tiny checkpoints: bench-file errors, a 2-run x 2-seed bench end to end
+(files, aggregated numbers, plots, a peer run through a fake peer script), regressions caught by
+expectations (a run that stops learning, a run slowed down) and by `--baseline`, `--dry-run`, and
+every shipped bench file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helpers import DataFiles, explain, invoke, results_of, write_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO / "recipes" / "benchmarks"
+REGRESSION = 3
+USER_ERROR = 2
+
+# Close to the full and LoRA settings of the method matrix (tests/helpers.py), which learn the
+# synthetic task.
+LEARNS = {
+    "full": {"epochs": 8, "learning_rate": 1e-3},
+    "lora": {"epochs": 8, "learning_rate": 1e-2},
+}
+FAKE_PEER_SPEED = 1000.0  # samples/s the fake peer script reports
+
+FAKE_PEER = f"""
+import argparse, json, sys
+parser = argparse.ArgumentParser()
+for flag in ("--model", "--train", "--dev", "--text", "--label", "--limit", "--epochs", "--bs",
+             "--lr", "--max-len", "--method"):
+    parser.add_argument(flag, required=True)
+args = parser.parse_args()
+open("args.json", "w").write(json.dumps(vars(args)))  # the run directory is the working directory
+print("a warning the real script might print", file=sys.stderr)
+print(json.dumps({{"method": args.method, "train_samples": int(args.limit) or 200,
+    "epochs": float(args.epochs), "train_s": 1.0, "train_samples_per_s": {FAKE_PEER_SPEED},
+    "eval_s": 0.1, "accuracy": 0.75, "f1": 0.7}}))
+"""
+
+
+def write_bench(path: Path, tree: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tsv_data(sentiment_data: DataFiles, tmp_path_factory: pytest.TempPathFactory) -> DataFiles:
+    """The sentiment data as tab-separated files, the format the peer script reads."""
+    root = tmp_path_factory.mktemp("sentiment-tsv")
+    paths = {}
+    for split in ("train", "validation"):
+        with getattr(sentiment_data, split).open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+        paths[split] = root / f"{split}.tsv"
+        paths[split].write_text("".join("\t".join(row) + "\n" for row in rows), encoding="utf-8")
+    return DataFiles(paths["train"], paths["validation"], None)
+
+
+@pytest.fixture(scope="session")
+def fake_peer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("peer") / "fake_peer.py"
+    path.write_text(FAKE_PEER, encoding="utf-8")
+    return path
+
+
+def bench_recipe(root: Path, checkpoint: Path, data: DataFiles, method: str, name: str, **train: Any) -> Path:
+    """A recipe of the tiny BERT with settings that learn, changed by `train`."""
+    return write_recipe(root / name, checkpoint, data, method, train={**LEARNS[method], **train})
+
+
+# ----------------------------------------------------------------------------- bench file errors
+
+
+@pytest.fixture
+def small_bench(tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles) -> Callable[..., Path]:
+    """`small_bench(runs=[...], **top)` writes a bench file beside a tiny recipe (recipe.yaml)."""
+    bench_recipe(tmp_path, bert_checkpoint, sentiment_data, "full", "recipe.yaml", epochs=1)
+
+    def make(runs: list[dict[str, Any]] | None = None, **top: Any) -> Path:
+        runs = runs if runs is not None else [{"name": "a", "recipe": "recipe.yaml"}]
+        return write_bench(tmp_path / "bench.yaml", {"runs": runs, **top})
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("runs", "top", "expected"),
+    [
+        (
+            [{"name": "a", "recipe": "recipe.yaml", "overides": {"train.epochs": 1}}],
+            {},
+            ["bench.yaml:4] runs[0].overides: unknown key. Did you mean 'overrides'?"],
+        ),
+        (
+            [{"name": "a", "recipe": "recipe.yaml", "min_accuracy": 0.8}],
+            {},
+            ["runs[0].min_accuracy: unknown key. Expectations go under expect: (expect.min_accuracy)."],
+        ),
+        (
+            [{"name": "a", "recipe": "recipe.yaml", "train": {"epochs": 1}}],
+            {},
+            ["runs[0].train: unknown key. Recipe settings go under overrides:"],
+        ),
+        (
+            [{"name": "a", "recipe": "recipe.yaml"}],
+            {"seed": [1, 2]},
+            ["seed: unknown key. Did you mean 'seeds'?"],
+        ),
+        (
+            [{"name": "a", "recipe": "recipe.yaml"}, {"kind": "peer", "like": "b"}],
+            {},
+            ["b-peer: like: 'b' is not a run of this bench (llmkit runs: a)"],
+        ),
+        (
+            [{"name": "a", "recipe": "recipe.yaml"}, {"name": "a", "recipe": "recipe.yaml"}],
+            {},
+            ["run names must be distinct; used more than once: a"],
+        ),
+        (
+            [{"name": "a", "recipe": "recipe.yaml", "expect": {"min_speed_ratio": 0.8}}],
+            {},
+            ["a: expect.min_speed_ratio needs expect.speed_reference (no peer run is like this run)"],
+        ),
+        (
+            [{"name": "a", "recipe": "recipe.yaml", "kind": "trainer"}],
+            {},
+            ["runs[0].kind: unknown run kind 'trainer'; choose llmkit or peer."],
+        ),
+        (
+            [{"name": "a", "recipe": "missing.yaml"}],
+            {},
+            ["recipe 'missing.yaml' does not exist", "relative to the bench file"],
+        ),
+        (  # a misspelt recipe key in a bench override is reported at the bench file's line
+            [{"name": "a", "recipe": "recipe.yaml", "overrides": {"trian.epochs": 1}}],
+            {},
+            ["run a:", "bench.yaml:5] trian: unknown key. Did you mean 'train'?"],
+        ),
+    ],
+    ids=[
+        "misspelt-key",
+        "expectation-outside-expect",
+        "recipe-section-in-run",
+        "misspelt-top-key",
+        "peer-of-unknown-run",
+        "duplicate-names",
+        "speed-ratio-without-reference",
+        "unknown-kind",
+        "missing-recipe",
+        "misspelt-recipe-override",
+    ],
+)
+def test_bench_file_errors_are_reported_with_their_place(
+    small_bench: Callable[..., Path], runs: list[dict[str, Any]], top: dict[str, Any], expected: list[str]
+) -> None:
+    bench = small_bench(runs, **top)
+    result = invoke("bench", bench, "--dry-run")
+    assert result.exit_code == USER_ERROR, explain(result)
+    for text in expected:
+        assert text in result.stderr, explain(result)
+    assert "Traceback" not in result.output
+
+
+def test_every_problem_in_a_bench_file_is_reported_at_once(small_bench: Callable[..., Path]) -> None:
+    bench = small_bench([{"name": "a", "recipe": "recipe.yaml", "overides": {}, "expect": {"min_acc": 1}}])
+    result = invoke("bench", bench, "--dry-run", "tolerances.sped=0.3")
+    assert result.exit_code == USER_ERROR, explain(result)
+    assert "3 problems in the bench file" in result.stderr
+    assert "expect.min_acc: unknown key. Did you mean 'min_accuracy'?" in result.stderr
+    assert "[command line] tolerances.sped: unknown key. Did you mean 'speed'?" in result.stderr
+
+
+# ----------------------------------------------------------------------------- --dry-run
+
+
+def test_dry_run_prints_the_matrix_and_trains_nothing(
+    small_bench: Callable[..., Path], tmp_path: Path, fake_peer: Path
+) -> None:
+    bench = small_bench(
+        [
+            {"name": "a", "recipe": "recipe.yaml", "seeds": [3, 4], "expect": {"min_accuracy": 0.9}},
+            {"name": "b", "recipe": "recipe.yaml", "overrides": {"method.name": "lora"}},
+        ],
+        seeds=[7],
+    )
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    result = invoke("bench", bench, "--dry-run", "--output-dir", out, "train.batch_size=4")
+    assert result.exit_code == 0, explain(result)
+    assert time.perf_counter() - started < 10
+    assert not out.exists()
+    lines = result.stdout.splitlines()
+    assert "3 runs into" in lines[0]
+    matrix = [line.split(" | ") for line in lines if line.startswith("| ") and line[2].isdigit()]
+    # Seeds outermost: each run's first seed, then the second seeds, so load bursts spread out.
+    assert [(row[1], row[3], row[5], row[8]) for row in matrix] == [
+        ("a", "3", "full", "4"),
+        ("b", "7", "lora", "4"),
+        ("a", "4", "full", "4"),
+    ]
+    assert "a: validation accuracy >= 0.9" in result.stdout
+
+
+def test_dry_run_checks_data_files_and_the_peer_script(
+    tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles
+) -> None:
+    bench_recipe(tmp_path, bert_checkpoint, sentiment_data, "full", "recipe.yaml")
+    bench = write_bench(
+        tmp_path / "bench.yaml",
+        {
+            "peer_script": "no-such-script.py",
+            "overrides": {"data.validation_file": "missing.csv"},
+            "runs": [{"name": "a", "recipe": "recipe.yaml"}, {"kind": "peer", "like": "a"}],
+        },
+    )
+    result = invoke("bench", bench, "--dry-run")
+    assert result.exit_code == USER_ERROR, explain(result)
+    assert f"data file '{tmp_path / 'missing.csv'}' does not exist" in result.stderr  # relative to the bench
+    assert "the peer script" in result.stderr and "no-such-script.py' does not exist" in result.stderr
+    assert "the peer script reads tab-separated files" in result.stderr
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def two_by_two(
+    tmp_path_factory: pytest.TempPathFactory, bert_checkpoint: Path, tsv_data: DataFiles, fake_peer: Path
+) -> tuple[Path, Any]:
+    """Full fine-tuning and LoRA, two seeds each, and a (fake) peer run beside the full run."""
+    root = tmp_path_factory.mktemp("bench-2x2")
+    # Few epochs, to stay quick: this bench is about the files and numbers, not about learning.
+    bench_recipe(root / "recipes", bert_checkpoint, tsv_data, "full", "full.yaml", epochs=2)
+    bench_recipe(root / "recipes", bert_checkpoint, tsv_data, "lora", "lora.yaml", epochs=2)
+    bench = write_bench(
+        root / "recipes" / "benchmarks" / "tiny.yaml",
+        {
+            "peer_script": str(fake_peer),
+            "seeds": [1, 2],
+            "overrides": {"data.quoting": "none"},
+            "runs": [
+                {"name": "full", "recipe": "../full.yaml", "expect": {"min_accuracy": 0.2}},
+                {"name": "full-peer", "kind": "peer", "like": "full"},
+                {"name": "lora", "recipe": "../lora.yaml", "expect": {"max_peak_memory_mb": 100000}},
+            ],
+        },
+    )
+    out = root / "out"
+    return out, invoke("bench", bench, "--output-dir", out)
+
+
+def test_bench_runs_every_seed_and_writes_its_files(two_by_two: tuple[Path, Any]) -> None:
+    out, result = two_by_two
+    assert result.exit_code == 0, explain(result)
+    for name in ("bench.json", "bench.csv", "bench.md"):
+        assert (out / name).is_file()
+    for name in ("accuracy-vs-params.png", "throughput.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for prefix in ("[1/6] full seed 1", "[2/6] full-peer seed 1", "[3/6] lora seed 1", "[6/6] lora seed 2"):
+        assert prefix in result.stdout
+    document = json.loads((out / "bench.json").read_text())
+    assert [(r["name"], r["seed"], r["status"]) for r in document["runs"]] == [
+        ("full", 1, "completed"),
+        ("full-peer", 1, "completed"),
+        ("lora", 1, "completed"),
+        ("full", 2, "completed"),
+        ("full-peer", 2, "completed"),
+        ("lora", 2, "completed"),
+    ]
+    assert document["bench"]["complete"] is True
+    assert document["regressions"] == []
+    # Each llmkit run is a complete `llmkit finetune` run directory with its seed.
+    for record in document["runs"]:
+        if record["name"] != "full-peer":
+            run_dir = Path(record["run_dir"])
+            assert run_dir == out / "runs" / f"{record['name']}-seed{record['seed']}"
+            assert results_of(run_dir) == record["results"]
+            assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["seed"] == record["seed"]
+
+
+def test_bench_aggregates_mean_and_std_over_seeds(two_by_two: tuple[Path, Any]) -> None:
+    out, result = two_by_two
+    assert result.exit_code == 0, explain(result)
+    document = json.loads((out / "bench.json").read_text())
+    summaries = {entry["name"]: entry for entry in document["summary"]}
+    for name in ("full", "lora"):
+        runs = [r["results"] for r in document["runs"] if r["name"] == name]
+        summary = summaries[name]
+        for figure, path in (
+            ("accuracy", ("metrics", "validation", "accuracy")),
+            ("f1", ("metrics", "validation", "f1")),
+            ("samples_per_second", ("train", "samples_per_second")),
+            ("tokens_per_second", ("train", "tokens_per_second")),
+        ):
+            values = [_dig(r, path) for r in runs]
+            assert summary[figure]["mean"] == pytest.approx(statistics.fmean(values))
+            assert summary[figure]["std"] == pytest.approx(statistics.stdev(values))
+        assert summary["trainable_parameters"] == runs[0]["parameters"]["trainable"]
+        assert summary["peak_memory_mb"] == max(r["train"]["peak_memory_mb"] for r in runs)
+        assert summary["seeds"] == [1, 2]
+    # Same data and model: a seed changes the numbers, not the parameter counts.
+    assert summaries["lora"]["trainable_percent"] < summaries["full"]["trainable_percent"] == 100
+    full = summaries["full"]
+    assert full["peer"] == "full-peer"
+    assert full["speed_ratio_vs_peer"] == pytest.approx(
+        full["samples_per_second"]["mean"] / FAKE_PEER_SPEED, rel=1e-3
+    )
+    assert summaries["lora"]["speed_ratio_vs_peer"] is None
+
+    rows = {row["run"]: row for row in csv.DictReader((out / "bench.csv").open())}
+    assert float(rows["full"]["accuracy_mean"]) == pytest.approx(full["accuracy"]["mean"])
+    assert float(rows["full"]["speed_ratio_vs_peer"]) == pytest.approx(full["speed_ratio_vs_peer"])
+
+    markdown = (out / "bench.md").read_text()
+    assert "| x peer |" in markdown
+    full_row = next(line for line in markdown.splitlines() if line.startswith("| full |"))
+    assert f"{full['accuracy']['mean']:.4f} ± {full['accuracy']['std']:.4f}" in full_row
+    assert f"| {full['speed_ratio_vs_peer']:.2f} |" in full_row
+    assert "| 200 x 2 |" in full_row
+    assert "No regressions" in markdown
+
+
+def test_a_peer_run_gets_the_resolved_recipe(
+    two_by_two: tuple[Path, Any], bert_checkpoint: Path, tsv_data: DataFiles
+) -> None:
+    out, result = two_by_two
+    assert result.exit_code == 0, explain(result)
+    args = json.loads((out / "runs" / "full-peer-seed1" / "args.json").read_text())
+    assert args == {
+        "model": str(bert_checkpoint),
+        "train": str(tsv_data.train),
+        "dev": str(tsv_data.validation),
+        "text": "text",
+        "label": "label",
+        "limit": "0",  # every row
+        "epochs": "2",
+        "bs": "8",
+        "lr": "0.001",
+        "max_len": "128",
+        "method": "full",
+    }
+    peer = json.loads((out / "runs" / "full-peer-seed1" / "results.json").read_text())
+    assert peer["train"]["samples_per_second"] == FAKE_PEER_SPEED
+    assert peer["train"]["peak_memory_mb"] > 0  # the script's own process, measured by wait4
+    assert (
+        "a warning the real script might print" in (out / "runs" / "full-peer-seed1" / "peer.log").read_text()
+    )
+
+
+def test_an_existing_bench_output_is_kept_without_overwrite(two_by_two: tuple[Path, Any]) -> None:
+    out, _ = two_by_two
+    bench = Path(json.loads((out / "bench.json").read_text())["bench"]["file"])
+    result = invoke("bench", bench, "--output-dir", out)
+    assert result.exit_code == USER_ERROR
+    assert "already exists" in result.stderr and "--overwrite" in result.stderr
+
+
+# ----------------------------------------------------------------------------- regressions
+
+
+def test_a_run_that_stops_learning_fails_the_bench_naming_run_and_figure(
+    tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles
+) -> None:
+    bench_recipe(tmp_path, bert_checkpoint, sentiment_data, "full", "good.yaml")
+    # The deliberately broken change: a learning rate that leaves the random head as it starts.
+    bench_recipe(
+        tmp_path, bert_checkpoint, sentiment_data, "full", "broken.yaml", epochs=1, learning_rate=1e-12
+    )
+    expect = {"min_accuracy": 0.8, "min_f1": 0.8}
+    bench = write_bench(
+        tmp_path / "bench.yaml",
+        {
+            "seeds": [1],
+            "runs": [
+                {"name": "good", "recipe": "good.yaml", "expect": expect},
+                {"name": "broken", "recipe": "broken.yaml", "expect": expect},
+            ],
+        },
+    )
+    result = invoke("bench", bench, "--output-dir", tmp_path / "out")
+    assert result.exit_code == REGRESSION, explain(result)
+    document = json.loads((tmp_path / "out" / "bench.json").read_text())
+    accuracy = document["runs"][1]["results"]["metrics"]["validation"]["accuracy"]
+    assert f"broken seed 1: validation accuracy {accuracy:.4f} < expected minimum 0.8" in result.stderr
+    assert {r["run"] for r in document["regressions"]} == {"broken"}
+    assert "validation accuracy" in {r["figure"] for r in document["regressions"]}
+    assert "broken seed 1: validation accuracy" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_a_slowed_down_run_fails_its_speed_ratio(
+    tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmkit.training.trainer import LlmkitTrainer
+
+    original = LlmkitTrainer.training_step
+
+    def slowed_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # The deliberately broken change, in one run only: <out>/runs/slowed-seed1/checkpoints.
+        if Path(self.args.output_dir).parent.name.startswith("slowed-"):
+            time.sleep(0.1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlmkitTrainer, "training_step", slowed_step)
+    bench_recipe(tmp_path, bert_checkpoint, sentiment_data, "full", "recipe.yaml", epochs=1)
+    expect = {"min_speed_ratio": 0.7, "speed_reference": "reference"}
+    bench = write_bench(
+        tmp_path / "bench.yaml",
+        {
+            "seeds": [1],
+            "runs": [
+                {"name": "reference", "recipe": "recipe.yaml"},
+                {"name": "slowed", "recipe": "recipe.yaml", "expect": expect},
+            ],
+        },
+    )
+    result = invoke("bench", bench, "--output-dir", tmp_path / "out")
+    assert result.exit_code == REGRESSION, explain(result)
+    assert "slowed: train samples/s" in result.stderr
+    assert "x reference's" in result.stderr and "< expected minimum 0.7x" in result.stderr
+    document = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert [r["figure"] for r in document["regressions"]] == ["speed ratio to reference"]
+
+
+def test_baseline_comparison_with_configurable_tolerances(
+    small_bench: Callable[..., Path], tmp_path: Path
+) -> None:
+    bench = small_bench(seeds=[1])
+    baseline = tmp_path / "baseline.json"
+    earlier = {
+        "name": "a",
+        "accuracy": {"mean": 0.999},
+        "f1": {"mean": 0.0},
+        "samples_per_second": {"mean": 1e9},
+        "peak_memory_mb": 1.0,
+    }
+    baseline.write_text(json.dumps({"summary": [earlier, {"name": "gone"}]}))
+    result = invoke(
+        "bench", bench, "--output-dir", tmp_path / "out", "--baseline", baseline, "tolerances.accuracy=1"
+    )
+    assert result.exit_code == REGRESSION, explain(result)
+    figures = {r["figure"] for r in json.loads((tmp_path / "out" / "bench.json").read_text())["regressions"]}
+    # Accuracy fell, but within the tolerance given on the command line; F1 rose.
+    assert figures == {"train samples/s", "peak memory"}
+    assert (
+        "a: train samples/s" in result.stderr and "< baseline 1000000000.00 samples/s - 15%" in result.stderr
+    )
+    assert "a: peak memory" in result.stderr and "> baseline 1 MB + 20%" in result.stderr
+    assert "gone: in the baseline only, not compared" in result.stdout
+
+
+def test_baseline_speed_is_compared_as_the_ratio_to_the_peer() -> None:
+    from llmkit.bench.aggregate import RunSummary, Stat
+    from llmkit.bench.checks import compare_with_baseline
+    from llmkit.bench.schema import Tolerances
+
+    def summary(ratio: float | None, speed: float) -> RunSummary:
+        stat = Stat(0.9, None, [0.9])
+        return RunSummary(
+            "a", "llmkit", "m", "lora", [1], [], 100, 1.0, 10, stat, stat, 1, 2, 50.0,
+            Stat(speed, None, [speed]), Stat(None, None), 100.0, Stat(1.0, None, [1.0]), "a-peer", ratio,
+        )  # fmt: skip
+
+    baseline = {"a": {"name": "a", "speed_ratio_vs_peer": 1.0, "samples_per_second": {"mean": 10.0}}}
+    # Half the samples/s on a busier machine, the same ratio to the peer measured beside it: fine.
+    found, _ = compare_with_baseline([summary(1.0, 5.0)], baseline, Tolerances())
+    assert found == []
+    found, _ = compare_with_baseline([summary(0.8, 10.0)], baseline, Tolerances())
+    assert [r.message for r in found] == ["a: speed ratio to peer 0.80x peer < baseline 1.00x peer - 15%"]
+    found, _ = compare_with_baseline([summary(0.8, 10.0)], baseline, Tolerances(speed=0.25))
+    assert found == []
+
+
+def test_baseline_that_is_not_a_bench_file_is_a_user_error(
+    small_bench: Callable[..., Path], tmp_path: Path
+) -> None:
+    baseline = tmp_path / "results.json"
+    baseline.write_text(json.dumps({"metrics": {}}))
+    result = invoke("bench", small_bench(), "--output-dir", tmp_path / "out", "--baseline", baseline)
+    assert result.exit_code == USER_ERROR
+    assert "is not a bench.json written by `llmkit bench`" in result.stderr
+    assert not (tmp_path / "out").exists()  # checked before any run
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def test_recipe_settings_merge_in_one_order(small_bench: Callable[..., Path], tmp_path: Path) -> None:
+    from llmkit.bench.loading import plan_bench
+
+    bench = small_bench(
+        [{"name": "a", "recipe": "recipe.yaml", "overrides": {"train.epochs": 2, "data.test_file": "t.csv"}}],
+        overrides={"train.epochs": 5, "train.batch_size": 4, "data.max_length": 16},
+        seeds=[11, 12],
+    )
+    plan = plan_bench(bench, ["data.max_length=32"])
+    first = plan.runs[0].recipe
+    assert first.train.epochs == 2  # the run's over the bench's
+    assert first.train.batch_size == 4  # the bench's over the recipe's
+    assert first.data.max_length == 32  # the command line's over all
+    assert first.data.test_file == tmp_path / "t.csv"  # relative to the bench file
+    assert [run.recipe.train.seed for run in plan.runs] == [11, 12]
+    assert plan.runs[1].recipe.output_dir == Path("runs/bench/bench/runs/a-seed12")
+
+
+def test_a_failing_peer_script_is_a_failed_run(
+    tmp_path: Path, bert_checkpoint: Path, tsv_data: DataFiles
+) -> None:
+    from llmkit.bench.loading import plan_bench
+    from llmkit.bench.runner import run_one
+
+    bench_recipe(tmp_path, bert_checkpoint, tsv_data, "lora", "recipe.yaml")
+    script = tmp_path / "crash.py"
+    script.write_text("import sys\nprint('Traceback: out of luck', file=sys.stderr)\nsys.exit(1)\n")
+    bench = write_bench(
+        tmp_path / "bench.yaml",
+        {
+            "peer_script": "crash.py",
+            "runs": [{"name": "a", "recipe": "recipe.yaml"}, {"kind": "peer", "like": "a"}],
+        },
+    )
+    plan = plan_bench(bench, [], tmp_path / "out")
+    record = run_one(plan.runs[1], plan.peer_script)
+    assert record.status == "failed" and record.name == "a-peer"
+    assert "exited with code 1" in (record.error or "") and "out of luck" in (record.error or "")
+
+
+# ----------------------------------------------------------------------------- shipped bench files
+
+
+def shipped_benches() -> list[Path]:
+    return sorted(BENCH_DIR.glob("*.yaml")) + sorted(BENCH_DIR.glob("*.yml"))
+
+
+def test_the_ci_and_cpu_benches_are_shipped() -> None:
+    assert {path.name for path in shipped_benches()} >= {"ci.yaml", "sst2-cpu.yaml"}
+
+
+@pytest.mark.parametrize("path", shipped_benches(), ids=lambda p: p.name)
+def test_shipped_bench_file_validates(path: Path) -> None:
+    from llmkit.bench.loading import plan_bench
+
+    plan = plan_bench(path)  # every recipe it names loads, with the bench's overrides
+    assert plan.runs
+    text = path.read_text(encoding="utf-8")
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    assert text.startswith("#") and f"llmkit bench {path.relative_to(REPO).as_posix()}" in header
+    for run in plan.bench.runs:
+        if run.kind == "llmkit":
+            assert run.expect.min_accuracy is not None, (
+                f"{run.label}: a shipped run states what it must reach"
+            )
+    if any(run.kind == "peer" for run in plan.runs):
+        # Beside the checkout: ../shared/bench/peer_trainer.py.
+        assert plan.peer_script == (REPO.parent / "shared" / "bench" / "peer_trainer.py").resolve()
+
+
+def _dig(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
