@@ -25,6 +25,7 @@ from llmkit.recipe.loading import (
     KeyPath,
     apply_overrides,
     deep_merge,
+    key_lines,
     parse_overrides,
     read_recipe_tree,
 )
@@ -158,22 +159,7 @@ def read_bench_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
         raise LlmkitError(f"{where}: YAML syntax error: {exc.problem}") from exc
     if not isinstance(document, dict):
         raise BenchFileError(["the top level must be a mapping with a `runs:` list"], str(path))
-    return document, _key_lines(node)
-
-
-def _key_lines(node: yaml.Node | None, prefix: KeyPath = ()) -> dict[KeyPath, int]:
-    """The line of each key, list items included: ('runs', '0', 'recipe') -> 12."""
-    lines: dict[KeyPath, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = (*prefix, str(key_node.value))
-            lines[key] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, key))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[(*prefix, str(index))] = item.start_mark.line + 1
-            lines.update(_key_lines(item, (*prefix, str(index))))
-    return lines
+    return document, key_lines(node)
 
 
 def _leaf_paths(tree: dict[str, Any], prefix: KeyPath = ()) -> list[KeyPath]:

@@ -136,16 +136,21 @@ def read_recipe_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
             [f"the top level must be a mapping of sections, got a {type(document).__name__}"],
             str(path),
         )
-    return document, _key_lines(node)
+    return document, key_lines(node)
 
 
-def _key_lines(node: yaml.Node | None, prefix: KeyPath = ()) -> dict[KeyPath, int]:
+def key_lines(node: yaml.Node | None, prefix: KeyPath = ()) -> dict[KeyPath, int]:
+    """The line of each key, list items included: ('runs', '0', 'recipe') -> 12."""
     lines: dict[KeyPath, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*prefix, str(key_node.value))
             lines[key] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, key))
+            lines.update(key_lines(value_node, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[(*prefix, str(index))] = item.start_mark.line + 1
+            lines.update(key_lines(item, (*prefix, str(index))))
     return lines
 
 
