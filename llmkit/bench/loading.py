@@ -26,6 +26,7 @@ from llmkit.recipe.loading import (
     apply_overrides,
     deep_merge,
     key_lines,
+    leaf_paths,
     parse_overrides,
     read_recipe_tree,
 )
@@ -134,7 +135,7 @@ def load_bench(path: Path, overrides: list[str] | None = None) -> tuple[Bench, d
     try:
         return Bench.model_validate(merged), lines
     except ValidationError as exc:
-        cli_keys = set(_leaf_paths(cli_tree))
+        cli_keys = set(leaf_paths(cli_tree))
         problems = [
             problem
             for error in exc.errors()
@@ -160,16 +161,6 @@ def read_bench_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
     if not isinstance(document, dict):
         raise BenchFileError(["the top level must be a mapping with a `runs:` list"], str(path))
     return document, key_lines(node)
-
-
-def _leaf_paths(tree: dict[str, Any], prefix: KeyPath = ()) -> list[KeyPath]:
-    leaves: list[KeyPath] = []
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            leaves.extend(_leaf_paths(value, (*prefix, key)))
-        else:
-            leaves.append((*prefix, key))
-    return leaves
 
 
 def _describe(

@@ -45,7 +45,7 @@ def apply_overrides(
     override_tree = parse_overrides(overrides)
     _resolve_input_paths(override_tree, base=Path.cwd())
     merged = deep_merge(tree, override_tree)
-    origins = {**(sources or {}), **{key: CLI for key in _leaf_paths(override_tree)}}
+    origins = {**(sources or {}), **{key: CLI for key in leaf_paths(override_tree)}}
     return validate_recipe(merged, source=source, lines=lines, sources=origins)
 
 
@@ -196,11 +196,11 @@ def _resolve_input_paths(tree: dict[str, Any], base: Path) -> None:
             holder[key] = str((base / Path(holder[key]).expanduser()).resolve())
 
 
-def _leaf_paths(tree: dict[str, Any], prefix: KeyPath = ()) -> list[KeyPath]:
+def leaf_paths(tree: dict[str, Any], prefix: KeyPath = ()) -> list[KeyPath]:
     leaves: list[KeyPath] = []
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            leaves.extend(_leaf_paths(value, (*prefix, key)))
+            leaves.extend(leaf_paths(value, (*prefix, key)))
         else:
             leaves.append((*prefix, key))
     return leaves
