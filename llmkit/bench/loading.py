@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from llmkit.bench.schema import Bench, Expectations, LlmkitRun, PeerRun, Tolerances
@@ -25,10 +24,10 @@ from llmkit.recipe.loading import (
     KeyPath,
     apply_overrides,
     deep_merge,
-    key_lines,
     leaf_paths,
     parse_overrides,
     read_recipe_tree,
+    read_yaml_file,
 )
 from llmkit.recipe.schema import Recipe
 
@@ -145,22 +144,14 @@ def load_bench(path: Path, overrides: list[str] | None = None) -> tuple[Bench, d
 
 
 def read_bench_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
-    if not path.is_file():
-        raise LlmkitError(
-            f"Bench file '{path}' does not exist.",
-            hint="give the path to a bench .yaml file; `ls recipes/benchmarks/` lists the shipped ones",
-        )
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        document = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise LlmkitError(f"{where}: YAML syntax error: {exc.problem}") from exc
+    document, lines = read_yaml_file(
+        path,
+        "Bench",
+        hint="give the path to a bench .yaml file; `ls recipes/benchmarks/` lists the shipped ones",
+    )
     if not isinstance(document, dict):
         raise BenchFileError(["the top level must be a mapping with a `runs:` list"], str(path))
-    return document, key_lines(node)
+    return document, lines
 
 
 def _describe(

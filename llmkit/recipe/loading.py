@@ -108,20 +108,19 @@ def _present(tree: dict[str, Any], key: KeyPath) -> bool:
     return True
 
 
-def read_recipe_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
-    """The recipe's mapping and the line (1-based) where each key path is written."""
+def read_yaml_file(path: Path, kind: str, hint: str) -> tuple[Any, dict[KeyPath, int]]:
+    """A YAML file's content and the line (1-based) of each key, parsed once; a missing file,
+    non-UTF-8 text or a syntax error is a user error naming the file (and line and column)."""
     if not path.is_file():
-        raise LlmkitError(
-            f"Recipe file '{path}' does not exist.",
-            hint="give the path to a .yaml recipe; `ls recipes/` lists the shipped ones",
-        )
+        raise LlmkitError(f"{kind} file '{path}' does not exist.", hint=hint)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise LlmkitError(f"Recipe file '{path}' is not UTF-8 text ({exc.reason}).") from exc
+        raise LlmkitError(f"{kind} file '{path}' is not UTF-8 text ({exc.reason}).") from exc
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        document = yaml.safe_load(text)
+        node = loader.get_single_node()
+        document = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -129,6 +128,16 @@ def read_recipe_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
             f"{where}: YAML syntax error: {exc.problem}",
             hint="check indentation and that each key is followed by ': '",
         ) from exc
+    finally:
+        loader.dispose()
+    return document, key_lines(node)
+
+
+def read_recipe_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    """The recipe's mapping and the line (1-based) where each key path is written."""
+    document, lines = read_yaml_file(
+        path, "Recipe", hint="give the path to a .yaml recipe; `ls recipes/` lists the shipped ones"
+    )
     if document is None:
         raise RecipeError(["the file is empty; a recipe needs model and data sections"], str(path))
     if not isinstance(document, dict):
@@ -136,7 +145,7 @@ def read_recipe_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
             [f"the top level must be a mapping of sections, got a {type(document).__name__}"],
             str(path),
         )
-    return document, key_lines(node)
+    return document, lines
 
 
 def key_lines(node: yaml.Node | None, prefix: KeyPath = ()) -> dict[KeyPath, int]:
