@@ -80,6 +80,7 @@ def evaluate_run(
         batch_size or recipe.train.eval_batch_size,
         sort_by_length=False,
         description=f"Evaluating {split}",
+        precision=recipe.train.precision,
     )
     labels = list(tokenised["labels"])
     predictions = logits.argmax(axis=-1)

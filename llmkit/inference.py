@@ -162,8 +162,10 @@ def predict_logits(
     batch_size: int,
     sort_by_length: bool = True,
     description: str = "Predicting",
+    precision: str = "fp32",
 ) -> np.ndarray:
-    """Logits (rows x labels, float32) in the order of `encoded`, a tokenised, unpadded split.
+    """Logits (rows x labels, float32) in the order of `encoded`, a tokenised, unpadded split,
+    computed in `precision` (the run's train.precision: training's evaluation used it too).
 
     Sorting by length puts similar lengths in one batch, so little time goes on padding; it
     changes which rows share a batch, and so the logits in their last bits. `sort_by_length=False`
@@ -172,6 +174,8 @@ def predict_logits(
     import torch
     from tqdm.auto import tqdm
     from transformers import DataCollatorWithPadding
+
+    from llmkit.training.trainer import resolve_precision
 
     columns = {name: encoded[name] for name in MODEL_INPUTS if name in encoded.column_names}
     count = len(encoded)
@@ -182,7 +186,14 @@ def predict_logits(
     collate = DataCollatorWithPadding(tokenizer)
     device = next(model.parameters()).device
     logits: np.ndarray | None = None
-    with torch.inference_mode(), tqdm(total=count, desc=description, unit="rows", disable=None) as bar:
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision))
+    # Mixed precision as Trainer's evaluation computes it: matmuls in half precision, the rest fp32.
+    autocast = torch.autocast(device.type, dtype=half, enabled=half is not None)
+    with (
+        torch.inference_mode(),
+        autocast,
+        tqdm(total=count, desc=description, unit="rows", disable=None) as bar,
+    ):
         for start in range(0, count, batch_size):
             rows = order[start : start + batch_size]
             batch = collate([{name: values[i] for name, values in columns.items()} for i in rows])

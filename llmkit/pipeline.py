@@ -264,9 +264,9 @@ def _explain_failure(exc: Exception, run: RunDirectory, recipe: Recipe) -> Excep
 
 
 def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan: Any) -> dict[str, Any]:
-    from llmkit.data.tokenize import real_token_count
     from llmkit.models.loading import save_trained
-    from llmkit.training.trainer import build_trainer
+    from llmkit.training.flops import flops_per_example
+    from llmkit.training.trainer import build_trainer, resolve_precision
 
     recipe, splits = prepared.recipe, prepared.splits
     started_at = now()
@@ -288,7 +288,9 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     if resume_from is not None:  # throughput of this session's steps only
         steps_now = trainer.state.global_step - _checkpoint_step(resume_from)
         samples = min(samples, steps_now * recipe.train.batch_size)
-    tokens = real_token_count(splits["train"]) / len(splits["train"]) * samples
+    lengths = [len(ids) for ids in splits["train"]["input_ids"]]
+    tokens = sum(lengths) / len(lengths) * samples
+    model_flops = flops_per_example(trainer.model, recipe.method, lengths) * samples
     peak_memory_mb = _peak_memory_mb()
 
     metrics = {"validation": _final_validation(trainer)}
@@ -326,11 +328,15 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             "world_size": plan.world_size,
             "micro_batch_size": plan.micro_batch_size,
             "gradient_accumulation_steps": plan.accumulation_steps,
-            "precision": recipe.train.precision,
+            "precision": resolve_precision(recipe.train.precision),
             "final_loss": output.training_loss,
             "runtime_s": round(training_seconds, 3),
             "samples_per_second": round(samples / training_seconds, 3),
             "tokens_per_second": round(tokens / training_seconds, 1),
+            # The arithmetic the training needs at the least (llmkit/training/flops.py says what
+            # is counted); over the hardware's peak it gives MFU, which `llmkit bench` reports.
+            "model_flops": float(f"{model_flops:.4g}"),
+            "model_flops_per_second": float(f"{model_flops / training_seconds:.4g}"),
             "peak_memory_mb": peak_memory_mb,
             "device": str(trainer.args.device),
         },

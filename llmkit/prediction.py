@@ -15,6 +15,10 @@ from llmkit.inference import STDIN, load_model, predict_logits, read_run, read_u
 
 if TYPE_CHECKING:
     import numpy as np
+    from datasets import Dataset
+
+    from llmkit.models.loading import LoadedModel
+    from llmkit.recipe.schema import DataSection
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 DEFAULT_ID_COLUMN = "id"
@@ -30,8 +34,6 @@ def predict_to_file(
 ) -> int:
     """Predict every row of `source` (a file, or `-` for stdin) and write them to `output`
     (jsonl, csv or tsv by extension; jsonl on stdout when None). Returns the number of rows."""
-    from llmkit.data.tokenize import tokenize_split
-
     output_format = _output_format(output)
     trained = read_run(run_dir)
     data = trained.recipe.data
@@ -41,15 +43,9 @@ def predict_to_file(
     key = data.text_columns[0] if source == STDIN else key
     ids = list(dataset[key]) if key is not None else None
     loaded = load_model(trained)
-    tokenised = tokenize_split(
-        dataset.select_columns(data.text_columns),
-        loaded.tokenizer,
-        data.text_columns,
-        data.max_length,
-        "input",
-    )
     batch_size = batch_size or trained.recipe.train.eval_batch_size
-    probabilities = softmax(predict_logits(loaded.model, loaded.tokenizer, tokenised, batch_size))
+    precision = trained.recipe.train.precision
+    probabilities = predict_probabilities(loaded, dataset, data, batch_size, precision)
     rows = _rows(probabilities, trained.label_names, key, ids)
     if output is None:
         _write(rows, sys.stdout, output_format, trained.label_names, key)
@@ -58,6 +54,24 @@ def predict_to_file(
         with output.open("w", encoding="utf-8", newline="") as handle:
             _write(rows, handle, output_format, trained.label_names, key)
     return len(probabilities)
+
+
+def predict_probabilities(
+    loaded: LoadedModel, dataset: Dataset, data: DataSection, batch_size: int, precision: str
+) -> np.ndarray:
+    """Per-label probabilities (rows x labels) of the texts in `dataset`'s text columns, in order:
+    tokenised as training tokenised, batched by similar length, computed in `precision`."""
+    from llmkit.data.tokenize import tokenize_split
+
+    tokenised = tokenize_split(
+        dataset.select_columns(data.text_columns),
+        loaded.tokenizer,
+        data.text_columns,
+        data.max_length,
+        "input",
+    )
+    logits = predict_logits(loaded.model, loaded.tokenizer, tokenised, batch_size, precision=precision)
+    return softmax(logits)
 
 
 def _output_format(output: Path | None) -> str:

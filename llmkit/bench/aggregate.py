@@ -50,21 +50,43 @@ class RunSummary:
     wall_s: Stat
     peer: str | None  # the peer run given this run's recipe
     speed_ratio_vs_peer: float | None  # mean samples/s over the peer's
+    precision: str | None  # what training computed in (the peer script: fp32)
+    model_flops_per_second: Stat  # llmkit/training/flops.py; a peer's: its like-run's per sample
+    mfu: float | None  # mean model FLOP/s over the machine's matmul peak in that precision
+    inference: dict[str, Any] | None  # prediction speed against a pipeline (measure_inference)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def summarize(plan: BenchPlan, records: list[RunRecord]) -> list[RunSummary]:
-    """Summaries in the bench file's order of runs."""
+def summarize(
+    plan: BenchPlan, records: list[RunRecord], matmul_peaks: dict[str, float] | None = None
+) -> list[RunSummary]:
+    """Summaries in the bench file's order of runs; MFU where `matmul_peaks` (FLOP/s by
+    precision) has the run's precision."""
     summaries = {run.label: _summary(run.label, run.kind, plan, records) for run in plan.bench.runs}
     for run in plan.bench.runs:
         peers = plan.bench.peers_of(run.label)
         if peers:
-            mine = summaries[run.label]
-            ratio = speed_ratio(mine, summaries[peers[0].label])
+            mine, peer = summaries[run.label], summaries[peers[0].label]
+            ratio = speed_ratio(mine, peer)
             summaries[run.label] = replace(mine, peer=peers[0].label, speed_ratio_vs_peer=ratio)
+            summaries[peer.name] = replace(peer, model_flops_per_second=_peer_flops(mine, peer))
+    peaks = matmul_peaks or {}
+    for name, summary in summaries.items():
+        achieved, peak = summary.model_flops_per_second.mean, peaks.get(summary.precision or "")
+        if achieved is not None and peak:
+            summaries[name] = replace(summary, mfu=round(achieved / peak, 4))
     return list(summaries.values())
+
+
+def _peer_flops(run: RunSummary, peer: RunSummary) -> Stat:
+    """The peer script trains the same model on the same rows: the same model FLOPs per sample
+    (the script does not count them), at its own samples/s."""
+    flops, samples = run.model_flops_per_second.mean, run.samples_per_second.mean
+    if flops is None or not samples:
+        return peer.model_flops_per_second
+    return Stat.of([flops / samples * speed for speed in peer.samples_per_second.values])
 
 
 def speed_ratio(run: RunSummary, reference: RunSummary) -> float | None:
@@ -100,4 +122,8 @@ def _summary(name: str, kind: str, plan: BenchPlan, records: list[RunRecord]) ->
         wall_s=Stat.of([record.wall_s for record in done]),
         peer=None,
         speed_ratio_vs_peer=None,
+        precision=first.figure("train", "precision") or "fp32" if first else None,
+        model_flops_per_second=Stat.of([record.figure("train", "model_flops_per_second") for record in done]),
+        mfu=None,
+        inference=next((found for r in done if (found := r.figure("inference")) is not None), None),
     )

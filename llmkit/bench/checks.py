@@ -51,6 +51,15 @@ def check_expectations(
                     found.append(
                         Regression(name, label, f"{where}: {label} {shown} < expected minimum {floor:g}")
                     )
+            inference, least = record.figure("inference", "ratio"), expect.min_inference_ratio
+            if least is not None and inference is not None and inference < least:
+                rows = record.figure("inference", "llmkit_rows_per_second")
+                theirs = record.figure("inference", "pipeline_rows_per_second")
+                message = (
+                    f"{where}: prediction {rows:.1f} rows/s is {inference:.2f}x the transformers "
+                    f"pipeline's {theirs:.1f} < expected minimum {least:g}x"
+                )
+                found.append(Regression(name, "prediction speed ratio to pipeline", message))
             peak = record.figure("train", "peak_memory_mb")
             ceiling = expect.max_peak_memory_mb
             if ceiling is not None and peak is not None and peak > ceiling:

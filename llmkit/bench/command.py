@@ -63,6 +63,11 @@ def check_plan(plan: BenchPlan) -> None:
                     "peer_script: in the bench file, relative to it)"
                 )
             problems += [f"run {run.name}: {problem}" for problem in peer_problems(run.recipe)]
+        if run.measure_inference and data.validation_file is None:
+            problems.append(
+                f"run {run.name}: measure_inference predicts the rows of data.validation_file; the "
+                "recipe names none"
+            )
     if problems:
         raise LlmkitError(f"{plan.path}: the bench cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -137,6 +142,7 @@ def run_bench(plan: BenchPlan, overwrite: bool, baseline_path: Path | None, echo
         "peak_memory": _peak_memory_meaning(reset_peak_memory()),
         "host": _host(),
         "versions": _versions(),
+        "matmul_peak": _measure_peaks(plan, echo),
         "complete": False,
     }
 
@@ -145,7 +151,8 @@ def run_bench(plan: BenchPlan, overwrite: bool, baseline_path: Path | None, echo
         write_json(output_dir / JSON_FILE, document)
 
     records = execute(plan, echo, save_progress)
-    summaries = summarize(plan, records)
+    peaks = {precision: found["flops_per_second"] for precision, found in meta["matmul_peak"].items()}
+    summaries = summarize(plan, records, peaks)
     regressions = check_expectations(plan, records, summaries)
     peers = [run for run in _first_of_each(plan) if run.kind == "peer"]
     notes = [f"{run.name}: {note}" for run in peers for note in peer_notes(run.recipe)]
@@ -171,6 +178,23 @@ def run_bench(plan: BenchPlan, overwrite: bool, baseline_path: Path | None, echo
     plots = draw_plots(output_dir, summaries, plan.name)
     files = [output_dir / name for name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE)] + plots
     return BenchOutcome(output_dir, summaries, regressions, notes, files)
+
+
+def _measure_peaks(plan: BenchPlan, echo: Echo) -> dict[str, dict[str, Any]]:
+    """The machine's matmul rate in each precision the runs train in (peer runs: fp32), measured
+    now, in this process, with the threads the runs get."""
+    from llmkit.bench.machine import matmul_peak
+    from llmkit.training.trainer import resolve_precision
+
+    precisions = {
+        "fp32" if run.kind == "peer" else resolve_precision(run.recipe.train.precision) for run in plan.runs
+    }
+    peaks = {precision: matmul_peak(precision) for precision in sorted(precisions)}
+    shown = ", ".join(
+        f"{precision} {found['flops_per_second'] / 1e9:,.0f} GFLOP/s" for precision, found in peaks.items()
+    )
+    echo(f"matmul peak of this machine ({next(iter(peaks.values()))['device']}): {shown}")
+    return peaks
 
 
 def _first_of_each(plan: BenchPlan) -> list[PlannedRun]:

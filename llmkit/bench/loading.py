@@ -56,6 +56,7 @@ class PlannedRun:
     recipe: Recipe  # output_dir is the run's own directory
     recipe_file: Path
     like: str | None = None  # a peer run: the llmkit run whose recipe it was given
+    measure_inference: bool = False  # prediction speed against a pipeline, after training
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,14 @@ def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path 
                 problems.append(f"run {run.label}: {exc}")
             else:
                 seeds[run.label] = run.seeds or bench.seeds or [recipe.train.seed]
+    for run in bench.runs:
+        if isinstance(run, PeerRun) and run.seeds is not None and run.like in seeds:
+            unknown = [seed for seed in run.seeds if seed not in seeds[run.like]]
+            if unknown:
+                problems.append(
+                    f"run {run.label}: seeds {unknown} are not seeds of {run.like} "
+                    f"({', '.join(map(str, seeds[run.like]))})"
+                )
     if problems:
         raise BenchFileError(problems, str(path))
 
@@ -106,13 +115,19 @@ def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path 
             if position >= len(seeds[source.label]):
                 continue
             seed = seeds[source.label][position]
+            if isinstance(run, PeerRun) and run.seeds is not None and seed not in run.seeds:
+                continue
             run_dir = output_dir / RUNS_DIR / f"{run.label}-seed{seed}"
             index = bench.runs.index(source)
             recipe = _resolve(path, lines, bench, index, source, seed, recipe_overrides, run_dir)
             like = run.like if isinstance(run, PeerRun) else None
+            # Once per run: prediction speed does not depend on the training seed.
+            inference = isinstance(run, LlmkitRun) and run.measure_inference and position == 0
             number = len(planned) + 1
             planned.append(
-                PlannedRun(number, run.label, run.kind, seed, recipe, path.parent / source.recipe, like)
+                PlannedRun(
+                    number, run.label, run.kind, seed, recipe, path.parent / source.recipe, like, inference
+                )
             )
     return BenchPlan(bench, path, name, output_dir, peer_script, planned, list(overrides or []))
 

@@ -60,8 +60,11 @@ def peer_notes(recipe: Recipe) -> list[str]:
         notes.append(f"the script's {recipe.method.name} options differ: {', '.join(differing)}")
     if recipe.data.max_eval_samples is not None:
         notes.append("the script evaluates every validation row (data.max_eval_samples is not passed)")
-    if recipe.train.precision != "fp32":
-        notes.append("the script trains in fp32")
+    from llmkit.training.trainer import resolve_precision
+
+    precision = resolve_precision(recipe.train.precision)
+    if precision != "fp32":
+        notes.append(f"the script trains in fp32 (llmkit here: {precision})")
     return notes
 
 

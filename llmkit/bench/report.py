@@ -26,7 +26,9 @@ CSV_COLUMNS = (
     "accuracy_mean", "accuracy_std", "f1_mean", "f1_std",
     "trainable_parameters", "total_parameters", "trainable_percent",
     "samples_per_second_mean", "samples_per_second_std", "speed_ratio_vs_peer", "peer",
-    "tokens_per_second_mean", "tokens_per_second_std", "peak_memory_mb", "wall_s_mean",
+    "tokens_per_second_mean", "tokens_per_second_std", "precision", "model_flops_per_second_mean", "mfu",
+    "predict_rows_per_second", "pipeline_rows_per_second", "predict_ratio_vs_pipeline",
+    "peak_memory_mb", "wall_s_mean",
 )  # fmt: skip
 
 
@@ -43,8 +45,11 @@ def csv_row(s: RunSummary) -> dict[str, Any]:
         "seeds": " ".join(map(str, s.seeds)),
         "failed_seeds": " ".join(map(str, s.failed_seeds)),
         "wall_s_mean": s.wall_s.mean,
+        "predict_rows_per_second": (s.inference or {}).get("llmkit_rows_per_second"),
+        "pipeline_rows_per_second": (s.inference or {}).get("pipeline_rows_per_second"),
+        "predict_ratio_vs_pipeline": (s.inference or {}).get("ratio"),
     }
-    for figure in ("accuracy", "f1", "samples_per_second", "tokens_per_second"):
+    for figure in ("accuracy", "f1", "samples_per_second", "tokens_per_second", "model_flops_per_second"):
         stat = getattr(s, figure)
         row.update({f"{figure}_mean": stat.mean, f"{figure}_std": stat.std})
     return {column: row[column] if column in row else getattr(s, column) for column in CSV_COLUMNS}
@@ -52,7 +57,8 @@ def csv_row(s: RunSummary) -> dict[str, Any]:
 
 TABLE_HEADERS = (
     "run", "model", "method", "train rows x epochs", "seeds", "val accuracy", "val F1",
-    "trainable params", "trainable %", "train samples/s", "x peer", "tokens/s", "peak MB", "wall s",
+    "trainable params", "trainable %", "train samples/s", "x peer", "tokens/s", "MFU", "predict rows/s",
+    "x pipeline", "peak MB", "wall s",
 )  # fmt: skip
 
 
@@ -71,6 +77,9 @@ def summary_table(summaries: list[RunSummary]) -> str:
             _stat(s.samples_per_second, 1),
             f"{s.speed_ratio_vs_peer:.2f}" if s.speed_ratio_vs_peer is not None else "-",
             _stat(s.tokens_per_second, 0),
+            f"{s.mfu:.1%} ({s.precision})" if s.mfu is not None else "-",
+            f"{s.inference['llmkit_rows_per_second']:.0f}" if s.inference else "-",
+            f"{s.inference['ratio']:.2f}" if s.inference else "-",
             f"{s.peak_memory_mb:.0f}" if s.peak_memory_mb is not None else "-",
             f"{s.wall_s.mean:.0f}" if s.wall_s.mean is not None else "-",
         ]
@@ -104,7 +113,14 @@ def write_markdown(
         "tokens/s (real tokens, padding excluded) count training time only, evaluation excluded. "
         "**x peer**: train samples/s over those of the run's peer: the hand-written Trainer + PEFT "
         "script (`peer_trainer.py`) given the same model, data rows, epochs, batch size, learning "
-        "rate and max length, measured in this bench on the same machine. Peak MB: "
+        "rate and max length, measured in this bench on the same machine. **MFU**: model FLOP/s "
+        "(the least arithmetic training needs: per real token 6 FLOPs per weight for full "
+        "fine-tuning, 4 for LoRA/prefix/prompt, whose gradients still cross the frozen backbone, "
+        "plus attention; see llmkit/training/flops.py; the peer's: the same FLOPs per sample at its "
+        f"samples/s) over this machine's matmul peak in the run's precision, {_peaks(meta)}. "
+        "**predict rows/s**, **x pipeline**: `llmkit predict`'s rows/s on the validation rows "
+        "(first seed's model) and its ratio to a transformers `pipeline('text-classification')` "
+        "on the same model, rows and batch size. Peak MB: "
         f"{meta['peak_memory']}. Wall s: the whole run (loading, tokenising, training, "
         "evaluation, saving).",
         "",
@@ -120,6 +136,15 @@ def write_markdown(
     if notes:
         lines += ["", "Notes:", "", *(f"- {note}" for note in notes)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _peaks(meta: dict[str, Any]) -> str:
+    found = meta.get("matmul_peak") or {}
+    shown = [
+        f"{precision} {peak['flops_per_second'] / 1e9:,.0f} GFLOP/s ({peak['matrix_size']}-square products)"
+        for precision, peak in found.items()
+    ]
+    return "measured by the bench: " + ", ".join(shown) if shown else "not measured"
 
 
 def markdown_table(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:

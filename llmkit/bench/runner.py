@@ -89,7 +89,14 @@ def _run_llmkit(planned: PlannedRun) -> dict[str, Any]:
     from llmkit.pipeline import finetune
 
     reset_peak_memory()
-    return finetune(planned.recipe)
+    results = finetune(planned.recipe)
+    if planned.measure_inference:
+        from llmkit.bench.inference_speed import compare_with_pipeline
+
+        validation = planned.recipe.data.validation_file
+        assert validation is not None  # check_plan refuses measure_inference without one
+        results["inference"] = compare_with_pipeline(Path(planned.recipe.output_dir or "."), validation)
+    return results
 
 
 def _run_peer(planned: PlannedRun, peer_script: Path) -> dict[str, Any]:

@@ -31,7 +31,3 @@ def sorted_by_length(dataset: Dataset) -> Dataset:
     """Evaluation order that pads least: metrics do not depend on the order of examples."""
     lengths = [len(ids) for ids in dataset["input_ids"]]
     return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
-
-
-def real_token_count(dataset: Dataset) -> int:
-    return sum(len(ids) for ids in dataset["input_ids"])

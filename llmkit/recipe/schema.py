@@ -169,9 +169,11 @@ class TrainSection(Section):
         description="Batch training examples of similar length (random otherwise): far less padding "
         "computed (3x fewer tokens on SST-2).",
     )
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32",
-        description="Training precision: fp32, or bf16/fp16 mixed precision (fp16 needs a CUDA GPU).",
+        description="Training precision: fp32, bf16/fp16 mixed precision (fp16 needs a CUDA GPU), or "
+        "auto: bf16 where the GPU or CPU (AVX512-BF16, AMX) computes it natively, else fp32. "
+        "Evaluation and prediction compute as training did.",
     )
     checkpoint_every: Literal["epoch"] | PositiveInt | None = Field(
         "epoch",

@@ -132,6 +132,18 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return Path(found) if found else None
 
 
+def resolve_precision(precision: str) -> str:
+    """`auto`: bf16 mixed precision where the hardware multiplies bf16 matrices natively (a GPU
+    that supports it; a CPU with AVX512-BF16 or AMX, where bf16 matmuls run twice as fast as fp32
+    ones), fp32 elsewhere (emulated bf16 would be slower than fp32)."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16" if native else "fp32"
+
+
 def check_precision(precision: str) -> None:
     """Fail before loading anything when the hardware cannot train in `precision`."""
     if precision == "fp16" and not torch.cuda.is_available():
@@ -149,6 +161,7 @@ def check_precision(precision: str) -> None:
 def training_arguments(recipe: Recipe, output_dir: Path, plan: BatchPlan) -> TrainingArguments:
     train = recipe.train
     every = train.checkpoint_every
+    precision = resolve_precision(train.precision)
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=train.epochs,
@@ -159,8 +172,8 @@ def training_arguments(recipe: Recipe, output_dir: Path, plan: BatchPlan) -> Tra
         # inside, so each batch pads to a length close to its examples' own.
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         gradient_accumulation_steps=plan.accumulation_steps,
-        bf16=train.precision == "bf16",
-        fp16=train.precision == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         # Without CUDA, processes started by accelerate's launcher train on CPU over gloo.
         use_cpu=not torch.cuda.is_available(),
         per_device_eval_batch_size=train.eval_batch_size,
