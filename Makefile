@@ -47,15 +47,18 @@ bench-ci: install
 	@test -f $(SST2)/train.tsv || { echo "$(SST2) is missing: the CI bench needs GLUE SST-2 there (see README)"; exit 1; }
 	$(BIN)/llmkit bench recipes/benchmarks/ci.yaml --output-dir runs/bench/ci --overwrite
 
-# The full CPU bench (about 35 minutes on 2 idle cores, estimated). Its table and plots are copied into docs/ also
-# when it reports a regression (exit code 3), and make fails then.
+# The full CPU bench (about 40 minutes on 2 idle cores), compared with the previous published one. Its table,
+# bench.json and plots are copied into docs/ also when it reports a regression (exit code 3), and make fails then.
+BENCH_BASELINE := $(wildcard docs/bench-sst2-cpu.json)
 bench: install
 	@test -f $(SST2)/train.tsv || { echo "$(SST2) is missing: the bench needs GLUE SST-2 there (see README)"; exit 1; }
-	$(BIN)/llmkit bench recipes/benchmarks/sst2-cpu.yaml --output-dir runs/bench/sst2-cpu --overwrite; \
+	$(BIN)/llmkit bench recipes/benchmarks/sst2-cpu.yaml --output-dir runs/bench/sst2-cpu --overwrite \
+		$(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE)); \
 	status=$$?; \
 	if [ $$status -eq 0 ] || [ $$status -eq 3 ]; then \
 		mkdir -p docs; \
 		cp runs/bench/sst2-cpu/bench.md docs/bench-sst2-cpu.md; \
+		cp runs/bench/sst2-cpu/bench.json docs/bench-sst2-cpu.json; \
 		cp runs/bench/sst2-cpu/accuracy-vs-params.png docs/bench-accuracy-vs-params.png; \
 		cp runs/bench/sst2-cpu/throughput.png docs/bench-throughput.png; \
 	fi; \

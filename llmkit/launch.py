@@ -48,10 +48,25 @@ def launch_command(
     return [*launcher, "-m", "llmkit", *command]
 
 
+def check_gpus_for(num_processes: int | None) -> None:
+    """With CUDA each process takes a GPU of its own: more processes than GPUs cannot start (the
+    extra ranks fail with 'invalid device ordinal')."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and num_processes is not None and num_processes > gpus:
+        raise LlmkitError(
+            f"--num-processes {num_processes} starts one process per GPU, and this machine has {gpus}.",
+            hint=f"use --num-processes {gpus} (train.batch_size stays the global batch), or hide the "
+            "GPUs with CUDA_VISIBLE_DEVICES= to run the processes on CPU",
+        )
+
+
 def relaunch(num_processes: int | None, accelerate_config: Path | None, command: list[str]) -> None:
     """Run `llmkit COMMAND...` under accelerate's launcher; raise if any process failed."""
     if num_processes is not None and num_processes < 1:
         raise LlmkitError("--num-processes must be at least 1.")
+    check_gpus_for(num_processes)
     argv = launch_command(num_processes, accelerate_config, command)
     returncode = subprocess.call(argv, env={**os.environ, LAUNCHED_ENV: "1"})
     if returncode != 0:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from helpers import DataFiles, explain, invoke, results_of, write_recipe
@@ -44,6 +45,17 @@ print(json.dumps({{"method": args.method, "train_samples": int(args.limit) or 20
     "epochs": float(args.epochs), "train_s": 1.0, "train_samples_per_s": {FAKE_PEER_SPEED},
     "eval_s": 0.1, "accuracy": 0.75, "f1": 0.7}}))
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def quick_matmul_peak() -> Any:
+    """The bench measures the machine's matmul peak for a few seconds; a glimpse does for tests."""
+    import llmkit.bench.machine as machine
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(machine, "CPU_SIZES", (128,))
+        patch.setattr(machine, "SECONDS_PER_SIZE", 0.05)
+        yield
 
 
 def write_bench(path: Path, tree: dict[str, Any]) -> Path:
@@ -140,6 +152,16 @@ def small_bench(tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles
             {},
             ["recipe 'missing.yaml' does not exist", "relative to the bench file"],
         ),
+        (
+            [{"name": "a", "recipe": "recipe.yaml", "expect": {"min_inference_ratio": 2}}],
+            {},
+            ["expect.min_inference_ratio needs measure_inference: true"],
+        ),
+        (
+            [{"name": "a", "recipe": "recipe.yaml"}, {"kind": "peer", "like": "a", "seeds": [3]}],
+            {"seeds": [1, 2]},
+            ["run a-peer: seeds [3] are not seeds of a (1, 2)"],
+        ),
         (  # a misspelt recipe key in a bench override is reported at the bench file's line
             [{"name": "a", "recipe": "recipe.yaml", "overrides": {"trian.epochs": 1}}],
             {},
@@ -156,6 +178,8 @@ def small_bench(tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles
         "speed-ratio-without-reference",
         "unknown-kind",
         "missing-recipe",
+        "inference-ratio-without-measuring",
+        "peer-seed-of-no-run",
         "misspelt-recipe-override",
     ],
 )
@@ -250,7 +274,12 @@ def two_by_two(
             "runs": [
                 {"name": "full", "recipe": "../full.yaml", "expect": {"min_accuracy": 0.2}},
                 {"name": "full-peer", "kind": "peer", "like": "full"},
-                {"name": "lora", "recipe": "../lora.yaml", "expect": {"max_peak_memory_mb": 100000}},
+                {
+                    "name": "lora",
+                    "recipe": "../lora.yaml",
+                    "measure_inference": True,
+                    "expect": {"max_peak_memory_mb": 100000, "min_inference_ratio": 0.01},
+                },
             ],
         },
     )
@@ -327,6 +356,74 @@ def test_bench_aggregates_mean_and_std_over_seeds(two_by_two: tuple[Path, Any]) 
     assert f"| {full['speed_ratio_vs_peer']:.2f} |" in full_row
     assert "| 200 x 2 |" in full_row
     assert "No regressions" in markdown
+
+
+def test_bench_reports_mfu_against_the_measured_matmul_peak(two_by_two: tuple[Path, Any]) -> None:
+    out, result = two_by_two
+    assert result.exit_code == 0, explain(result)
+    document = json.loads((out / "bench.json").read_text())
+    peak = document["bench"]["matmul_peak"]["fp32"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert peak["flops_per_second"] > 1e8 and peak["device"] == device
+    assert f"matmul peak of this machine ({device}): fp32" in result.stdout
+    summaries = {entry["name"]: entry for entry in document["summary"]}
+    for name in ("full", "lora"):
+        runs = [r["results"]["train"] for r in document["runs"] if r["name"] == name]
+        achieved = statistics.fmean(train["model_flops_per_second"] for train in runs)
+        assert summaries[name]["mfu"] == pytest.approx(achieved / peak["flops_per_second"], rel=1e-3)
+        assert 0 < summaries[name]["mfu"] < 1
+    # The peer trains the same FLOPs per sample at its own samples/s.
+    full, peer = summaries["full"], summaries["full-peer"]
+    per_sample = full["model_flops_per_second"]["mean"] / full["samples_per_second"]["mean"]
+    assert peer["model_flops_per_second"]["mean"] == pytest.approx(
+        per_sample * peer["samples_per_second"]["mean"], rel=1e-6
+    )
+    table = (out / "bench.md").read_text()
+    assert "| MFU |" in table and "% (fp32) |" in table and "fp32" in table and "GFLOP/s" in table
+
+
+def test_bench_measures_prediction_against_a_transformers_pipeline(two_by_two: tuple[Path, Any]) -> None:
+    out, result = two_by_two
+    assert result.exit_code == 0, explain(result)
+    document = json.loads((out / "bench.json").read_text())
+    lora = {r["seed"]: r["results"] for r in document["runs"] if r["name"] == "lora"}
+    assert "inference" not in lora[2]  # once per run: speed does not depend on the seed
+    inference = lora[1]["inference"]
+    assert inference["rows"] == lora[1]["data"]["validation_rows"]
+    assert inference["label_agreement"] == 1.0  # the same model, so the same labels
+    assert inference["llmkit_rows_per_second"] > 0 and inference["pipeline_rows_per_second"] > 0
+    ratio = inference["llmkit_rows_per_second"] / inference["pipeline_rows_per_second"]
+    assert inference["ratio"] == pytest.approx(ratio, rel=0.05)
+    summary = next(entry for entry in document["summary"] if entry["name"] == "lora")
+    assert summary["inference"] == inference
+    row = next(r for r in csv.DictReader((out / "bench.csv").open()) if r["run"] == "lora")
+    assert float(row["predict_ratio_vs_pipeline"]) == inference["ratio"]
+
+
+def test_slow_prediction_fails_the_bench_naming_run_and_figure(
+    small_bench: Callable[..., Path], tmp_path: Path
+) -> None:
+    runs = [
+        {
+            "name": "a",
+            "recipe": "recipe.yaml",
+            "measure_inference": True,
+            "expect": {"min_inference_ratio": 1000},
+        }
+    ]
+    result = invoke("bench", small_bench(runs, seeds=[1]), "--output-dir", tmp_path / "out")
+    assert result.exit_code == REGRESSION, explain(result)
+    assert "a seed 1: prediction" in result.stderr and "< expected minimum 1000x" in result.stderr
+    regressions = json.loads((tmp_path / "out" / "bench.json").read_text())["regressions"]
+    assert [r["figure"] for r in regressions] == ["prediction speed ratio to pipeline"]
+
+
+def test_a_peer_run_can_be_limited_to_some_seeds(small_bench: Callable[..., Path], fake_peer: Path) -> None:
+    from llmkit.bench.loading import plan_bench
+
+    runs = [{"name": "a", "recipe": "recipe.yaml"}, {"kind": "peer", "like": "a", "seeds": [2]}]
+    plan = plan_bench(small_bench(runs, seeds=[1, 2], peer_script=str(fake_peer)))
+    assert [(run.name, run.seed) for run in plan.runs] == [("a", 1), ("a", 2), ("a-peer", 2)]
 
 
 def test_a_peer_run_gets_the_resolved_recipe(

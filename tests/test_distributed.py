@@ -23,9 +23,9 @@ LAUNCH_TIMEOUT_S = 300
 
 def _launch(*args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "llmkit", *map(str, args)]
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env={**os.environ, **(env or {})}
-    )
+    # CPU processes over gloo on any machine: a machine with one GPU cannot start two GPU ranks.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    return subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env)
 
 
 def _single_process_evaluation(run_dir: Path, checkpoint: Path) -> dict[str, float]:
@@ -159,6 +159,19 @@ def test_a_batch_that_cannot_be_split_is_refused_before_launching(
     assert result.exit_code != 0
     assert "train.batch_size (9) must be a multiple of" in result.stderr
     assert "processes (2)" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_more_processes_than_gpus_is_refused_before_launching(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, cli: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora")
+    result = cli("finetune", recipe, "--num-processes", "2", "--output-dir", tmp_path / "run")
+    assert result.exit_code == 2, explain(result)
+    assert "--num-processes 2 starts one process per GPU, and this machine has 1." in result.stderr
+    assert "use --num-processes 1" in result.stderr and "CUDA_VISIBLE_DEVICES=" in result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -76,7 +76,7 @@ def summarize(
     for name, summary in summaries.items():
         achieved, peak = summary.model_flops_per_second.mean, peaks.get(summary.precision or "")
         if achieved is not None and peak:
-            summaries[name] = replace(summary, mfu=round(achieved / peak, 4))
+            summaries[name] = replace(summary, mfu=float(f"{achieved / peak:.4g}"))
     return list(summaries.values())
 
 

@@ -12,9 +12,10 @@ from typing import Any
 CPU_SIZES = (1024, 2048, 3072)
 GPU_SIZES = (4096, 8192)
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+SECONDS_PER_SIZE = 1.0
 
 
-def matmul_peak(precision: str, seconds_per_size: float = 1.0) -> dict[str, Any]:
+def matmul_peak(precision: str, seconds_per_size: float | None = None) -> dict[str, Any]:
     """The best rate (FLOP/s) of `size x size` matrix products in the precision training
     computes in (`train.precision`), on the device training uses."""
     import torch
@@ -23,7 +24,7 @@ def matmul_peak(precision: str, seconds_per_size: float = 1.0) -> dict[str, Any]
     dtype = getattr(torch, TORCH_DTYPES[precision])
     best, best_size = 0.0, 0
     for size in GPU_SIZES if device == "cuda" else CPU_SIZES:
-        rate = _rate(size, dtype, device, seconds_per_size)
+        rate = _rate(size, dtype, device, seconds_per_size or SECONDS_PER_SIZE)
         if rate > best:
             best, best_size = rate, size
     return {

@@ -77,7 +77,7 @@ def summary_table(summaries: list[RunSummary]) -> str:
             _stat(s.samples_per_second, 1),
             f"{s.speed_ratio_vs_peer:.2f}" if s.speed_ratio_vs_peer is not None else "-",
             _stat(s.tokens_per_second, 0),
-            f"{s.mfu:.1%} ({s.precision})" if s.mfu is not None else "-",
+            f"{s.mfu:.{1 if s.mfu >= 0.01 else 2}%} ({s.precision})" if s.mfu is not None else "-",
             f"{s.inference['llmkit_rows_per_second']:.0f}" if s.inference else "-",
             f"{s.inference['ratio']:.2f}" if s.inference else "-",
             f"{s.peak_memory_mb:.0f}" if s.peak_memory_mb is not None else "-",

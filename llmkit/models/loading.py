@@ -29,6 +29,12 @@ class LoadedModel:
     location: CheckpointLocation
 
 
+# Weights are kept in fp32 whatever the checkpoint stores (transformers 5 would keep a bf16 hub
+# checkpoint in bf16): optimizer updates need fp32 master weights, and bf16/fp16 training is mixed
+# precision (autocast) over them.
+WEIGHTS_DTYPE = "float32"
+
+
 def load_classifier(reference: str, label_names: list[str], revision: str | None = None) -> LoadedModel:
     """The checkpoint with a fresh classification head for `label_names`."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -44,7 +50,7 @@ def load_classifier(reference: str, label_names: list[str], revision: str | None
         tokenizer = load_tokenizer(source, revision)
         config.pad_token_id = tokenizer.pad_token_id
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            source, config=config, revision=revision, output_loading_info=True
+            source, config=config, revision=revision, output_loading_info=True, dtype=WEIGHTS_DTYPE
         )
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
     return _ready(model, tokenizer, location, new_modules)
@@ -154,5 +160,5 @@ def load_trained(path: Path, base_reference: str, revision: str | None = None) -
     from transformers import AutoModelForSequenceClassification
 
     location = CheckpointLocation(reference=str(path), path=str(path), is_local=True)
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=WEIGHTS_DTYPE)
     return _ready(model, load_tokenizer(str(path)), location, new_modules=[])

@@ -172,7 +172,7 @@ class TrainSection(Section):
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32",
         description="Training precision: fp32, bf16/fp16 mixed precision (fp16 needs a CUDA GPU), or "
-        "auto: bf16 where the GPU or CPU (AVX512-BF16, AMX) computes it natively, else fp32. "
+        "auto: bf16 on a CPU that computes it natively (AVX512-BF16, AMX), else fp32. "
         "Evaluation and prediction compute as training did.",
     )
     checkpoint_every: Literal["epoch"] | PositiveInt | None = Field(

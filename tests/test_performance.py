@@ -1,0 +1,109 @@
+"""What the speed work rests on: the model-FLOP count behind MFU, `train.precision: auto`, fp32
+weights whatever the checkpoint stores, and prediction in the run's precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from helpers import DataFiles, explain, results_of
+
+
+def _wrapped(checkpoint: Path, method: str, **options: Any) -> tuple[Any, Any]:
+    from llmkit.methods import get_method
+    from llmkit.models.loading import load_classifier
+
+    loaded = load_classifier(str(checkpoint), ["negative", "positive"])
+    spec = get_method(method)
+    chosen = spec.options(**options)
+    return spec.wrap(loaded.model, chosen, loaded.traits), chosen
+
+
+@pytest.mark.parametrize("architecture", ["bert", "gpt2"])
+@pytest.mark.parametrize("method", ["full", "lora", "prefix", "prompt"])
+def test_model_flops_follow_the_stated_formula(
+    architecture: str, method: str, checkpoints: dict[str, Path]
+) -> None:
+    from llmkit.training.flops import flops_per_example, per_token_weights
+
+    model, options = _wrapped(checkpoints[architecture], method)
+    config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+    layers, width = config.num_hidden_layers, config.hidden_size
+    inner = (config.n_inner or 4 * width) if architecture == "gpt2" else config.intermediate_size
+    # Per layer: query, key, value and output projections, and the two MLP matrices; adapters,
+    # embeddings and the once-per-example head left out.
+    assert per_token_weights(model) == layers * (4 * width * width + 2 * width * inner)
+
+    weights = per_token_weights(model)
+    passes = 6 if method == "full" else 4
+    virtual = getattr(options, "num_virtual_tokens", 0)
+    lengths = [3, 7]
+    expected = []
+    for length in lengths:
+        tokens = length + (virtual if method == "prompt" else 0)
+        context = tokens + (virtual if method == "prefix" else 0)
+        expected.append(passes * weights * tokens + 3 * 4 * layers * width * tokens * context)
+    assert flops_per_example(model, options, lengths) == pytest.approx(sum(expected) / 2)
+
+
+def test_results_report_model_flops_per_second(
+    cli: Any, make_recipe: Any, bert_checkpoint: Path, sentiment_data: DataFiles, tmp_path: Path
+) -> None:
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"epochs": 1})
+    result = cli("finetune", recipe, "--output-dir", tmp_path / "run")
+    assert result.exit_code == 0, explain(result)
+    train = results_of(tmp_path / "run")["train"]
+    assert train["model_flops"] > 0
+    assert train["model_flops_per_second"] == pytest.approx(train["model_flops"] / train["runtime_s"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "native_bf16", "expected"),
+    [(False, True, "bf16"), (False, False, "fp32"), (True, True, "fp32")],
+    ids=["cpu-with-bf16", "cpu-without-bf16", "gpu"],
+)
+def test_auto_precision_picks_bf16_only_where_it_was_measured_faster(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, native_bf16: bool, expected: str
+) -> None:
+    from llmkit.training.trainer import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto") == expected
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(explicit) == explicit
+
+
+def test_a_bf16_checkpoint_is_trained_with_fp32_weights(bert_checkpoint: Path, tmp_path: Path) -> None:
+    """transformers 5 keeps a checkpoint's stored dtype by default: a bf16 hub model would train
+    without fp32 master weights."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from llmkit.models.loading import load_classifier
+
+    stored = tmp_path / "bf16"
+    AutoModelForSequenceClassification.from_pretrained(bert_checkpoint).to(torch.bfloat16).save_pretrained(stored)
+    AutoTokenizer.from_pretrained(bert_checkpoint).save_pretrained(stored)
+    loaded = load_classifier(str(stored), ["negative", "positive"])
+    assert {parameter.dtype for parameter in loaded.model.parameters()} == {torch.float32}
+
+
+def test_evaluate_computes_in_the_precision_the_run_trained_in(
+    cli: Any, make_recipe: Any, bert_checkpoint: Path, sentiment_data: DataFiles, tmp_path: Path
+) -> None:
+    import json
+
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "full", train={"epochs": 1, "precision": "bf16"})
+    run_dir = tmp_path / "run"
+    assert cli("finetune", recipe, "--output-dir", run_dir).exit_code == 0
+    expected = results_of(run_dir)["metrics"]["validation"]
+    result = cli("evaluate", run_dir, "--format", "json")
+    assert result.exit_code == 0, explain(result)
+    measured = json.loads(result.stdout)["metrics"]
+    assert measured["accuracy"] == expected["accuracy"] and measured["f1"] == expected["f1"]
+    # bf16 logits, averaged in another order than Trainer's: equal to about 1e-5.
+    assert measured["loss"] == pytest.approx(expected["loss"], abs=1e-4)
