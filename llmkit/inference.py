@@ -177,7 +177,8 @@ def predict_logits(
 
     from llmkit.training.trainer import resolve_precision
 
-    columns = {name: encoded[name] for name in MODEL_INPUTS if name in encoded.column_names}
+    # Plain lists: reading a datasets Column element by element costs ~35 us an access.
+    columns = {name: list(encoded[name]) for name in MODEL_INPUTS if name in encoded.column_names}
     count = len(encoded)
     order = list(range(count))
     if sort_by_length:

@@ -5,8 +5,6 @@ is touched, so a mistake found there costs seconds and leaves nothing behind."""
 from __future__ import annotations
 
 import platform
-import resource
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,6 +262,7 @@ def _explain_failure(exc: Exception, run: RunDirectory, recipe: Recipe) -> Excep
 
 
 def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan: Any) -> dict[str, Any]:
+    from llmkit.memory import peak_memory_mb as measured_peak_memory_mb
     from llmkit.models.loading import save_trained
     from llmkit.training.flops import flops_per_example
     from llmkit.training.trainer import build_trainer, resolve_precision
@@ -291,7 +290,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     lengths = [len(ids) for ids in splits["train"]["input_ids"]]
     tokens = sum(lengths) / len(lengths) * samples
     model_flops = flops_per_example(trainer.model, recipe.method, lengths) * samples
-    peak_memory_mb = _peak_memory_mb()
+    peak_memory_mb = measured_peak_memory_mb()
 
     metrics = {"validation": _final_validation(trainer)}
     if "test" in splits:
@@ -359,16 +358,6 @@ def _strip(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {
         k.removeprefix(f"{prefix}_"): v for k, v in metrics.items() if k.removeprefix(f"{prefix}_") in keep
     }
-
-
-def _peak_memory_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    # Peak resident set size of this process (kilobytes on Linux, bytes on macOS).
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def base_model(model: Any) -> Any:

@@ -312,7 +312,8 @@ def test_bench_runs_every_seed_and_writes_its_files(two_by_two: tuple[Path, Any]
         if record["name"] != "full-peer":
             run_dir = Path(record["run_dir"])
             assert run_dir == out / "runs" / f"{record['name']}-seed{record['seed']}"
-            assert results_of(run_dir) == record["results"]
+            # bench.json adds the prediction-speed measurement to what the run wrote.
+            assert results_of(run_dir) == {k: v for k, v in record["results"].items() if k != "inference"}
             assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["seed"] == record["seed"]
 
 

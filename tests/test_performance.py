@@ -3,6 +3,7 @@ weights whatever the checkpoint stores, and prediction in the run's precision.""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +58,14 @@ def test_results_report_model_flops_per_second(
     assert result.exit_code == 0, explain(result)
     train = results_of(tmp_path / "run")["train"]
     assert train["model_flops"] > 0
-    assert train["model_flops_per_second"] == pytest.approx(train["model_flops"] / train["runtime_s"], rel=1e-3)
+    expected = train["model_flops"] / train["runtime_s"]
+    assert train["model_flops_per_second"] == pytest.approx(expected, rel=1e-3)
 
 
 @pytest.mark.parametrize(
     ("cuda", "native_bf16", "expected"),
     [(False, True, "bf16"), (False, False, "fp32"), (True, True, "fp32")],
-    ids=["cpu-with-bf16", "cpu-without-bf16", "gpu"],
+    ids=["cpu-with-bf16", "cpu-without-bf16", "cuda-machine"],
 )
 def test_auto_precision_picks_bf16_only_where_it_was_measured_faster(
     monkeypatch: pytest.MonkeyPatch, cuda: bool, native_bf16: bool, expected: str
@@ -86,7 +88,9 @@ def test_a_bf16_checkpoint_is_trained_with_fp32_weights(bert_checkpoint: Path, t
     from llmkit.models.loading import load_classifier
 
     stored = tmp_path / "bf16"
-    AutoModelForSequenceClassification.from_pretrained(bert_checkpoint).to(torch.bfloat16).save_pretrained(stored)
+    AutoModelForSequenceClassification.from_pretrained(bert_checkpoint).to(torch.bfloat16).save_pretrained(
+        stored
+    )
     AutoTokenizer.from_pretrained(bert_checkpoint).save_pretrained(stored)
     loaded = load_classifier(str(stored), ["negative", "positive"])
     assert {parameter.dtype for parameter in loaded.model.parameters()} == {torch.float32}
@@ -107,3 +111,40 @@ def test_evaluate_computes_in_the_precision_the_run_trained_in(
     assert measured["accuracy"] == expected["accuracy"] and measured["f1"] == expected["f1"]
     # bf16 logits, averaged in another order than Trainer's: equal to about 1e-5.
     assert measured["loss"] == pytest.approx(expected["loss"], abs=1e-4)
+
+
+def test_profile_accounts_for_a_training_steps_time(
+    make_recipe: Any, bert_checkpoint: Path, sentiment_data: DataFiles
+) -> None:
+    from llmkit.bench.profile import profile_training
+
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "full")
+    report = profile_training(recipe, ["train.batch_size=8"], steps=3)
+    assert "3 steps profiled after 2 warm-up steps" in report
+    assert "| matrix multiplication |" in report and "| optimizer |" in report
+    padding = float(report.split("padding: ")[1].split("%")[0])
+    assert 0 <= padding < 100
+
+
+def test_length_grouped_batches_come_in_random_order() -> None:
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from llmkit.training.trainer import ShuffledLengthGroupedSampler
+
+    lengths = [(7 * i) % 61 + 1 for i in range(1000)]  # 1000 examples, 1 to 61 tokens
+    size = 16
+    sampler = ShuffledLengthGroupedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(0))
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))  # every example once
+    batches = [order[start : start + size] for start in range(0, 1000, size)]
+    grouped = get_length_grouped_indices(lengths, size, generator=torch.Generator().manual_seed(0))
+    trainers = [grouped[start : start + size] for start in range(0, 1000, size)]
+    # The same batches as Trainer's grouping (so the same padding), the longest first and the
+    # partial one last, the others no longer longest-to-shortest within each mega-batch.
+    assert sorted(map(sorted, batches)) == sorted(map(sorted, trainers))
+    assert batches[0] == trainers[0] and batches[-1] == trainers[-1] and len(batches[-1]) == 1000 % size
+    longest = [max(lengths[i] for i in batch) for batch in batches[1:-1]]
+    descents = sum(a > b for a, b in itertools.pairwise(longest))
+    assert 0.3 < descents / len(longest) < 0.7  # random order: about half the steps go down
+    again = ShuffledLengthGroupedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(0))
+    assert list(again) == order  # seeded: resuming replays the same order

@@ -254,7 +254,11 @@ def _peak_memory_meaning(reset: bool) -> str:
     if torch.cuda.is_available():
         return "peak GPU memory allocated by the run (reset before each run); peer runs: peak resident memory of the script's process"  # noqa: E501
     if reset:
-        return "peak resident memory of the process during the run (reset before each run); peer runs: of the script's process"  # noqa: E501
+        return (
+            "peak resident memory (VmHWM) of the bench process during the run, reset before each run "
+            "to what the process then holds, so it includes what earlier runs left resident (the same "
+            "runs in the same order from bench to bench); peer runs: of the script's own process"
+        )
     return (
         "peak resident memory of the bench process so far (this platform cannot reset it between "
         "runs, so a run's figure includes the runs before it); peer runs: of the script's process"

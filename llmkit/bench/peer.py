@@ -12,10 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError
+from llmkit.memory import peak_resident_kb
 from llmkit.recipe.schema import Recipe
 
 # What the script hard-codes for each method; a recipe asking for other options is still run (for
@@ -27,6 +29,7 @@ SCRIPT_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "prompt": {"num_virtual_tokens": 20, "init": "random"},
 }
 LOG_FILE = "peer.log"
+POLL_SECONDS = 0.2
 
 
 class PeerError(LlmkitError):
@@ -122,17 +125,28 @@ def run_peer(script: Path, recipe: Recipe, run_dir: Path) -> dict[str, Any]:
 
 
 def _run_measured(command: list[str], cwd: Path, log: Any) -> tuple[int, int]:
-    """Exit code and peak resident memory (kB) of the child alone, via wait4's resource usage."""
+    """Exit code and peak resident memory (kB) of the script's process.
+
+    Read from the child's own high-water mark while it runs (it only rises, so the last reading
+    before exit holds the peak). wait4's ru_maxrss would not do: across fork and exec the child
+    inherits the bench process's own peak, larger than the script's."""
     process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    peak_kb = 0
     try:
-        _, status, usage = os.wait4(process.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            peak_kb = max(peak_kb, peak_resident_kb(process.pid))
+            time.sleep(POLL_SECONDS)
     except BaseException:
         process.kill()
         process.wait()
         raise
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait
-    peak = usage.ru_maxrss  # kilobytes on Linux, bytes on macOS
-    return process.returncode, peak // 1024 if sys.platform == "darwin" else peak
+    if not peak_kb:  # no /proc (macOS): the rusage figure, an upper bound
+        peak_kb = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
+    return process.returncode, peak_kb
 
 
 def _last_json_line(output: str) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from llmkit.data.loading import LABELS
@@ -37,11 +39,36 @@ if TYPE_CHECKING:
     from llmkit.recipe.schema import Recipe
 
 
+class ShuffledLengthGroupedSampler(LengthGroupedSampler):
+    """Trainer's length grouping (random mega-batches of up to 50 batches, sorted by length
+    inside, so each batch pads little), with the full batches in random order. Trainer hands
+    them out longest to shortest: a length curriculum that restarts every mega-batch and, on a
+    short run, ends training on the shortest examples (SST-2's short phrases). The longest batch
+    stays first, so running out of memory happens at once; a last partial batch stays last."""
+
+    def __iter__(self) -> Iterator[int]:
+        indices = get_length_grouped_indices(self.lengths, self.batch_size, generator=self.generator)
+        size = self.batch_size
+        batches = [indices[start : start + size] for start in range(0, len(indices), size)]
+        tail = [batches.pop()] if len(batches[-1]) < size else []
+        first, rest = batches[:1], batches[1:]
+        order = torch.randperm(len(rest), generator=self.generator).tolist()
+        return iter([i for batch in [*first, *(rest[k] for k in order), *tail] for i in batch])
+
+
 class LlmkitTrainer(Trainer):
     """Trainer that keeps evaluation time out of the training throughput it reports, stops on a
-    non-finite loss, and writes checkpoints atomically."""
+    non-finite loss, writes checkpoints atomically, and shuffles its length-grouped batches."""
 
     evaluation_seconds: float = 0.0
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return ShuffledLengthGroupedSampler(
+                sampler.batch_size, lengths=sampler.lengths, generator=sampler.generator
+            )
+        return sampler
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
