@@ -59,7 +59,7 @@ def test_results_report_model_flops_per_second(
     train = results_of(tmp_path / "run")["train"]
     assert train["model_flops"] > 0
     expected = train["model_flops"] / train["runtime_s"]
-    assert train["model_flops_per_second"] == pytest.approx(expected, rel=1e-3)
+    assert train["model_flops_per_second"] == pytest.approx(expected, rel=0.01)  # runtime_s is rounded
 
 
 @pytest.mark.parametrize(

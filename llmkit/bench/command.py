@@ -217,6 +217,8 @@ def _expectations(plan: BenchPlan, name: str) -> str:
         parts.append(f"train samples/s >= {expect.min_speed_ratio:g}x {reference}'s")
     if expect.max_peak_memory_mb is not None:
         parts.append(f"peak memory <= {expect.max_peak_memory_mb:g} MB")
+    if expect.min_inference_ratio is not None:
+        parts.append(f"predict rows/s >= {expect.min_inference_ratio:g}x the transformers pipeline's")
     return ", ".join(parts)
 
 

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 FAMILIES = (
     ("matrix multiplication", ("mm", "addmm", "bmm", "linear", "matmul", "baddbmm")),
     ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention", "softmax")),
-    ("optimizer", ("adam", "_foreach", "lerp", "addcdiv", "sqrt", "clamp")),
+    ("optimizer", ("fused_adam", "adam", "foreach", "lerp", "addcdiv", "sqrt", "clamp")),
     ("normalisation", ("layer_norm", "rms_norm", "native_layer_norm", "pow", "rsqrt", "mean")),
     ("precision casts and copies", ("copy_", "to", "_to_copy", "clone", "contiguous", "cat")),
     ("activations", ("gelu", "silu", "tanh", "dropout", "native_dropout", "mul", "add", "sub")),
@@ -51,7 +51,7 @@ def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str
             plan=BatchPlan.for_recipe(recipe, 1),
         )
         padding = _padding_share(trainer, steps + WARM_UP_STEPS)
-        recorder = _StepProfiler(profile(activities=[ProfilerActivity.CPU]), WARM_UP_STEPS)
+        recorder = _StepProfiler(profile(activities=[ProfilerActivity.CPU]), WARM_UP_STEPS, steps)
         trainer.add_callback(recorder)
         trainer.train()
         recorder.stop()
@@ -85,22 +85,27 @@ def _padding_share(trainer: Any, steps: int) -> float:
 class _StepProfiler(TrainerCallback):
     """Starts the profiler once the warm-up steps are done."""
 
-    def __init__(self, profiler: Any, warm_up: int) -> None:
-        self.profiler, self.warm_up, self.started = profiler, warm_up, False
+    def __init__(self, profiler: Any, warm_up: int, steps: int) -> None:
+        self.profiler, self.warm_up, self.steps = profiler, warm_up, steps
+        self.started = self.stopped = False
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == self.warm_up and not self.started:
             self.profiler.__enter__()
             self.started = True
+        elif state.global_step == self.warm_up + self.steps:
+            self.stop()  # before the final evaluation
 
     def stop(self) -> None:
-        if self.started:
+        if self.started and not self.stopped:
             self.profiler.__exit__(None, None, None)
+            self.stopped = True
 
     def families(self) -> dict[str, float]:
         seconds: dict[str, float] = defaultdict(float)
         for event in self.profiler.key_averages():
-            name = event.key.removeprefix("aten::").lower()
+            # aten::_fused_adamw_, aten::_scaled_dot_product_flash_attention_for_cpu, ...
+            name = event.key.removeprefix("aten::").lower().lstrip("_")
             family = next((f for f, ops in FAMILIES if any(name.startswith(op) for op in ops)), "other")
             seconds[family] += event.self_cpu_time_total / 1e6
         return dict(sorted(seconds.items(), key=lambda item: -item[1]))
