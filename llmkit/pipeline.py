@@ -75,7 +75,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     from llmkit.methods import get_method
     from llmkit.metrics import MetricSuite
     from llmkit.models.loading import load_classifier
-    from llmkit.training.trainer import check_precision
+    from llmkit.training.precision import check_precision
 
     quiet_libraries()
     if not show_progress:  # other processes of a multi-process run stay quiet
@@ -265,7 +265,8 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     from llmkit.memory import peak_memory_mb as measured_peak_memory_mb
     from llmkit.models.loading import save_trained
     from llmkit.training.flops import flops_per_example
-    from llmkit.training.trainer import build_trainer, resolve_precision
+    from llmkit.training.precision import resolve_precision
+    from llmkit.training.trainer import build_trainer
 
     recipe, splits = prepared.recipe, prepared.splits
     started_at = now()

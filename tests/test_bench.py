@@ -153,6 +153,11 @@ def small_bench(tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles
             ["recipe 'missing.yaml' does not exist", "relative to the bench file"],
         ),
         (
+            [{"name": "a", "recipe": "recipe.yaml"}, {"kind": "peer", "like": "a", "seeds": [1, 1]}],
+            {},
+            ["seeds must be a non-empty list of distinct integers"],
+        ),
+        (
             [{"name": "a", "recipe": "recipe.yaml", "expect": {"min_inference_ratio": 2}}],
             {},
             ["expect.min_inference_ratio needs measure_inference: true"],
@@ -178,6 +183,7 @@ def small_bench(tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles
         "speed-ratio-without-reference",
         "unknown-kind",
         "missing-recipe",
+        "repeated-peer-seed",
         "inference-ratio-without-measuring",
         "peer-seed-of-no-run",
         "misspelt-recipe-override",

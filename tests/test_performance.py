@@ -70,7 +70,7 @@ def test_results_report_model_flops_per_second(
 def test_auto_precision_picks_bf16_only_where_it_was_measured_faster(
     monkeypatch: pytest.MonkeyPatch, cuda: bool, native_bf16: bool, expected: str
 ) -> None:
-    from llmkit.training.trainer import resolve_precision
+    from llmkit.training.precision import resolve_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)

@@ -184,7 +184,7 @@ def _measure_peaks(plan: BenchPlan, echo: Echo) -> dict[str, dict[str, Any]]:
     """The machine's matmul rate in each precision the runs train in (peer runs: fp32), measured
     now, in this process, with the threads the runs get."""
     from llmkit.bench.machine import matmul_peak
-    from llmkit.training.trainer import resolve_precision
+    from llmkit.training.precision import resolve_precision
 
     precisions = {
         "fp32" if run.kind == "peer" else resolve_precision(run.recipe.train.precision) for run in plan.runs

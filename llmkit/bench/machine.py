@@ -11,7 +11,6 @@ from typing import Any
 # two CPU cores. A GPU reaches its peak only on larger products.
 CPU_SIZES = (1024, 2048, 3072)
 GPU_SIZES = (4096, 8192)
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 SECONDS_PER_SIZE = 1.0
 
 
@@ -20,8 +19,10 @@ def matmul_peak(precision: str, seconds_per_size: float | None = None) -> dict[s
     computes in (`train.precision`), on the device training uses."""
     import torch
 
+    from llmkit.training.precision import torch_dtype
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = getattr(torch, TORCH_DTYPES[precision])
+    dtype = torch_dtype(precision)
     best, best_size = 0.0, 0
     for size in GPU_SIZES if device == "cuda" else CPU_SIZES:
         rate = _rate(size, dtype, device, seconds_per_size or SECONDS_PER_SIZE)

@@ -63,7 +63,7 @@ def peer_notes(recipe: Recipe) -> list[str]:
         notes.append(f"the script's {recipe.method.name} options differ: {', '.join(differing)}")
     if recipe.data.max_eval_samples is not None:
         notes.append("the script evaluates every validation row (data.max_eval_samples is not passed)")
-    from llmkit.training.trainer import resolve_precision
+    from llmkit.training.precision import resolve_precision
 
     precision = resolve_precision(recipe.train.precision)
     if precision != "fp32":

@@ -34,7 +34,8 @@ def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str
     from llmkit.pipeline import prepare
     from llmkit.recipe.loading import load_recipe
     from llmkit.training.batching import BatchPlan
-    from llmkit.training.trainer import build_trainer, resolve_precision
+    from llmkit.training.precision import resolve_precision
+    from llmkit.training.trainer import build_trainer
 
     recipe = load_recipe(recipe_path, [*overrides, f"train.max_steps={steps + WARM_UP_STEPS}"])
     prepared = prepare(recipe)

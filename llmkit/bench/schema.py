@@ -29,6 +29,13 @@ DEFAULT_PEER_SCRIPT = Path("../shared/bench/peer_trainer.py")
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("seeds", check_fields=False)  # on every section with seeds: the bench and its runs
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return value
+
 
 class Expectations(Section):
     min_accuracy: float | None = Field(
@@ -89,11 +96,6 @@ class LlmkitRun(RunBase):
         "pipeline('text-classification') on the same model, validation rows and batch size.",
     )
 
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
-        return _check_seeds(value)
-
     @model_validator(mode="after")
     def _inference_ratio_needs_measuring(self) -> LlmkitRun:
         if self.expect.min_inference_ratio is not None and not self.measure_inference:
@@ -116,11 +118,6 @@ class PeerRun(RunBase):
         description="Only at these seeds of the like run (default: all). The script fixes its own "
         "seed, so repetitions measure only its timing noise.",
     )
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
-        return _check_seeds(value)
 
     @property
     def label(self) -> str:
@@ -172,11 +169,6 @@ class Bench(Section):
                     run.setdefault("kind", "llmkit")
         return data
 
-    @field_validator("seeds")
-    @classmethod
-    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
-        return _check_seeds(value)
-
     @model_validator(mode="after")
     def _names_resolve(self) -> Bench:
         names = [run.label for run in self.runs]
@@ -213,12 +205,6 @@ class Bench(Section):
 
     def run(self, name: str) -> LlmkitRun | PeerRun:
         return next(run for run in self.runs if run.label == name)
-
-
-def _check_seeds(value: list[int] | None) -> list[int] | None:
-    if value is not None and (not value or len(set(value)) != len(value)):
-        raise ValueError("seeds must be a non-empty list of distinct integers")
-    return value
 
 
 def _not_an_llmkit_run(name: str, kinds: dict[str, str]) -> str:

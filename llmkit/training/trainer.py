@@ -21,6 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from llmkit.data.loading import LABELS
 from llmkit.errors import LlmkitError
 from llmkit.training.batching import BatchPlan
+from llmkit.training.precision import resolve_precision
 
 # Trainer writes a checkpoint's files one by one; they are written here and renamed into place
 # when complete, so a kill while saving never leaves a checkpoint that looks complete.
@@ -50,6 +51,8 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
         indices = get_length_grouped_indices(self.lengths, self.batch_size, generator=self.generator)
         size = self.batch_size
         batches = [indices[start : start + size] for start in range(0, len(indices), size)]
+        if not batches:
+            return iter([])
         tail = [batches.pop()] if len(batches[-1]) < size else []
         first, rest = batches[:1], batches[1:]
         order = torch.randperm(len(rest), generator=self.generator).tolist()
@@ -157,34 +160,6 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
         return None
     found = get_last_checkpoint(str(checkpoints_dir))
     return Path(found) if found else None
-
-
-def resolve_precision(precision: str) -> str:
-    """`auto`: bf16 mixed precision on a CPU that multiplies bf16 matrices natively (AVX512-BF16 or
-    AMX: twice fp32's matmul rate; MiniLM-L6 full fine-tuning trained 1.4x faster), fp32 elsewhere.
-    Not bf16 on a GPU: there MiniLM-L6 trained 2.4x slower in bf16 than in fp32 (an H100, where a
-    model this small is bound by kernel launches, and autocast adds casts); set bf16 explicitly
-    for models large enough to gain from it."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available():
-        return "fp32"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16" if native else "fp32"
-
-
-def check_precision(precision: str) -> None:
-    """Fail before loading anything when the hardware cannot train in `precision`."""
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise LlmkitError(
-            "train.precision=fp16 needs a CUDA GPU, and this machine has none.",
-            hint="use train.precision=fp32, or bf16 (which CPUs can run)",
-        )
-    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise LlmkitError(
-            f"train.precision=bf16 is not supported by this GPU ({torch.cuda.get_device_name()}).",
-            hint="use train.precision=fp16 or fp32",
-        )
 
 
 def training_arguments(recipe: Recipe, output_dir: Path, plan: BatchPlan) -> TrainingArguments:
