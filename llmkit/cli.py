@@ -42,14 +42,22 @@ AccelerateConfigOption = Annotated[
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"llmkit {__version__}")
+        from llmkit.versions import version_report
+
+        typer.echo(f"llmkit {__version__}\n{version_report()}")
         raise typer.Exit()
 
 
 @app.callback()
 def main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and those of the key libraries.",
+        ),
     ] = False,
 ) -> None:
     """llmkit: config-driven fine-tuning for sequence classification."""

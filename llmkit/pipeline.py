@@ -4,7 +4,6 @@ is touched, so a mistake found there costs seconds and leaves nothing behind."""
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,10 +133,17 @@ def _check_forward(model: Any, tokenizer: Any, train: Any, recipe: Recipe, model
         with torch.no_grad():
             model(**batch)
     except Exception as exc:
+        from llmkit.versions import version_hint
+
+        # Tested architectures fail here mostly after a library upgrade: say so before anything else.
+        hint = version_hint() or (
+            "tested: every method on BERT-family encoders, GPT-2 and Llama-architecture decoders, "
+            "with the library versions in llmkit's requirements.lock; for other architectures try "
+            "method full or lora"
+        )
         raise ModelError(
             f"Method '{recipe.method.name}' does not work with this {model_type} model: {_first_line(exc)}",
-            hint="tested: every method on BERT-family encoders, GPT-2 and Llama-architecture "
-            "decoders; for other architectures try method full or lora",
+            hint=hint,
         ) from exc
 
 
@@ -267,6 +273,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     from llmkit.training.flops import flops_per_example
     from llmkit.training.precision import resolve_precision
     from llmkit.training.trainer import build_trainer
+    from llmkit.versions import run_versions
 
     recipe, splits = prepared.recipe, prepared.splits
     started_at = now()
@@ -341,7 +348,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             "device": str(trainer.args.device),
         },
         "parameters": parameter_counts(trainer.model),
-        "versions": _versions(),
+        "versions": run_versions(),
     }
 
 
@@ -372,16 +379,3 @@ def parameter_counts(model: Any) -> dict[str, Any]:
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total, "trainable_percent": round(100 * trainable / total, 4)}
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    import llmkit
-
-    packages = ("torch", "transformers", "peft", "datasets", "accelerate", "evaluate")
-    return {
-        "llmkit": llmkit.__version__,
-        "python": platform.python_version(),
-        **{p: version(p) for p in packages},
-    }

@@ -672,3 +672,45 @@ def _dig(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
     for key in path:
         tree = tree[key]
     return tree
+
+
+@pytest.mark.parametrize(("precision", "shown"), [("fp32", "1.5x"), ("bf16", "2.5x")])
+def test_floors_per_precision_apply_to_the_precision_the_run_trains_in(
+    small_bench: Callable[..., Path], precision: str, shown: str
+) -> None:
+    # CI runs on machines with and without native bf16, whose speed ratios differ: the bench file
+    # states floors per precision and each machine is held to its own.
+    expect = {
+        "min_accuracy": 0.6,
+        "speed_reference": "b",
+        "by_precision": {"fp32": {"min_speed_ratio": 1.5}, "bf16": {"min_speed_ratio": 2.5}},
+    }
+    bench = small_bench(
+        runs=[
+            {"name": "a", "recipe": "recipe.yaml", "expect": expect},
+            {"name": "b", "recipe": "recipe.yaml"},
+        ]
+    )
+    result = invoke("bench", bench, f"train.precision={precision}", "--dry-run")
+    assert result.exit_code == 0, explain(result)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("  a: "))
+    assert "validation accuracy >= 0.6" in line
+    assert f"train samples/s >= {shown} b's" in line
+    assert f"({precision} floors: the run trains in {precision} on this machine)" in line
+
+
+def test_plan_expectations_merge_the_precision_floors_over_the_common_ones() -> None:
+    from llmkit.bench.schema import Expectations
+
+    expect = Expectations(
+        min_accuracy=0.7,
+        min_speed_ratio=1.0,
+        by_precision={"bf16": Expectations(min_speed_ratio=2.0, min_inference_ratio=2.3)},
+    )
+    assert expect.for_precision("bf16").min_speed_ratio == 2.0
+    assert expect.for_precision("bf16").min_inference_ratio == 2.3
+    assert expect.for_precision("bf16").min_accuracy == 0.7
+    assert expect.for_precision("fp32").min_speed_ratio == 1.0
+    assert expect.for_precision("fp32").min_inference_ratio is None
+    with pytest.raises(ValueError, match="not another by_precision"):
+        Expectations(by_precision={"bf16": Expectations(by_precision={"fp32": Expectations()})})

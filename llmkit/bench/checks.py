@@ -38,7 +38,8 @@ def check_expectations(
         if r.status != "completed"
     ]
     for run in plan.bench.runs:
-        expect, name = run.expect, run.label
+        name = run.label
+        expect = plan.expectations(name)
         for record in (r for r in records if r.name == name and r.status == "completed"):
             where = f"{name} seed {record.seed}"
             for metric, label, floor in (

@@ -206,7 +206,7 @@ def _first_of_each(plan: BenchPlan) -> list[PlannedRun]:
 
 
 def _expectations(plan: BenchPlan, name: str) -> str:
-    expect = plan.bench.run(name).expect
+    expect = plan.expectations(name)
     parts = []
     if expect.min_accuracy is not None:
         parts.append(f"validation accuracy >= {expect.min_accuracy:g}")
@@ -219,7 +219,10 @@ def _expectations(plan: BenchPlan, name: str) -> str:
         parts.append(f"peak memory <= {expect.max_peak_memory_mb:g} MB")
     if expect.min_inference_ratio is not None:
         parts.append(f"predict rows/s >= {expect.min_inference_ratio:g}x the transformers pipeline's")
-    return ", ".join(parts)
+    shown = ", ".join(parts)
+    if parts and plan.bench.run(name).expect.by_precision:
+        shown += f" ({plan.precision(name)} floors: the run trains in {plan.precision(name)} on this machine)"
+    return shown
 
 
 def _model_shown(run: PlannedRun) -> str:
@@ -270,12 +273,15 @@ def _peak_memory_meaning(reset: bool) -> str:
 def _host() -> dict[str, Any]:
     import torch
 
+    from llmkit.training.precision import cpu_features
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "platform": f"{platform.system()} {platform.machine()}",
         "cpu_count": cores,
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "cpu_features": cpu_features(),
     }
 
 

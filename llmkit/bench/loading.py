@@ -69,6 +69,17 @@ class BenchPlan:
     runs: list[PlannedRun]
     overrides: list[str]  # from the command line
 
+    def precision(self, name: str) -> str:
+        """The precision run `name` trains in on this machine (train.precision resolved)."""
+        from llmkit.training.precision import resolve_precision
+
+        planned = next(run for run in self.runs if run.name == name)
+        return resolve_precision(planned.recipe.train.precision)
+
+    def expectations(self, name: str) -> Expectations:
+        """Run `name`'s expectations for the precision it trains in on this machine."""
+        return self.bench.run(name).expect.for_precision(self.precision(name))
+
 
 def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path | None = None) -> BenchPlan:
     """The bench file at `path` read, validated and expanded into its run matrix."""

@@ -102,7 +102,8 @@ def write_markdown(
         "",
         f"`{meta['command']}`: {meta['run_count']} runs in {_clock(meta['wall_s'])} "
         f"(started {meta['started_at']}) on {host['platform']}, {host['cpu_count']} CPU cores "
-        f"(torch threads {host['torch_threads']}), device {host['device']}; llmkit "
+        f"(torch threads {host['torch_threads']}; {host.get('cpu_features', 'CPU features not recorded')}), "
+        f"device {host['device']}; llmkit "
         f"{meta['versions'].get('llmkit')}, torch {meta['versions'].get('torch')}, transformers "
         f"{meta['versions'].get('transformers')}, peft {meta['versions'].get('peft')}.",
         "",

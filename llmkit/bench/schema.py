@@ -58,11 +58,38 @@ class Expectations(Section):
         "measure_inference).",
     )
 
+    by_precision: dict[Literal["fp32", "bf16", "fp16"], Expectations] | None = Field(
+        None,
+        description="Expectations that hold only when the run trains in that precision (train.precision "
+        "resolved on this machine: auto is bf16 on CPUs with native bf16, fp32 elsewhere); they "
+        "replace the same keys above. Speed ratios differ most: bf16 matmuls are twice fp32's on "
+        "CPUs that have them.",
+    )
+
     @model_validator(mode="after")
     def _reference_needs_ratio(self) -> Expectations:
-        if self.speed_reference is not None and self.min_speed_ratio is None:
+        ratio = self.min_speed_ratio is not None or any(
+            e.min_speed_ratio is not None for e in (self.by_precision or {}).values()
+        )
+        if self.speed_reference is not None and not ratio:
             raise ValueError("expect.speed_reference is only used with expect.min_speed_ratio")
+        if any(e.by_precision is not None for e in (self.by_precision or {}).values()):
+            raise ValueError("expect.by_precision holds plain expectations, not another by_precision")
         return self
+
+    def for_precision(self, precision: str) -> Expectations:
+        """The expectations that apply to a run training in `precision`."""
+        specific = (self.by_precision or {}).get(precision)  # type: ignore[call-overload]
+        merged = self.model_dump(exclude={"by_precision"})
+        if specific is not None:
+            merged.update(specific.model_dump(exclude={"by_precision"}, exclude_none=True))
+        return Expectations(**merged)
+
+    def sets(self, key: str) -> bool:
+        """Whether `key` is expected here or for any precision."""
+        return getattr(self, key) is not None or any(
+            getattr(e, key) is not None for e in (self.by_precision or {}).values()
+        )
 
 
 class RunBase(Section):
@@ -98,7 +125,7 @@ class LlmkitRun(RunBase):
 
     @model_validator(mode="after")
     def _inference_ratio_needs_measuring(self) -> LlmkitRun:
-        if self.expect.min_inference_ratio is not None and not self.measure_inference:
+        if self.expect.sets("min_inference_ratio") and not self.measure_inference:
             raise ValueError("expect.min_inference_ratio needs measure_inference: true")
         return self
 
@@ -188,7 +215,7 @@ class Bench(Section):
                     f"{run.label}: expect.speed_reference: '{reference}' is not another run of "
                     f"this bench (runs: {', '.join(names)})"
                 )
-            if run.expect.min_speed_ratio is not None and reference is None and not self.peers_of(run.label):
+            if run.expect.sets("min_speed_ratio") and reference is None and not self.peers_of(run.label):
                 problems.append(
                     f"{run.label}: expect.min_speed_ratio needs expect.speed_reference (no peer run "
                     "is like this run)"

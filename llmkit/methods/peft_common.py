@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import ModelError
+from llmkit.methods.prefix_cache import pass_prefix_as_cache
 from llmkit.methods.registry import ModelTraits
 
 if TYPE_CHECKING:
@@ -19,12 +20,20 @@ def wrap_with_peft(model: PreTrainedModel, config: Any, traits: ModelTraits) -> 
     # keeps heads with other names (or a fresh pooler) trained and saved with the adapter.
     config.modules_to_save = sorted(set(config.modules_to_save or []) | set(traits.new_modules))
     try:
-        return get_peft_model(model, config)
+        wrapped = get_peft_model(model, config)
     except ValueError as exc:
         raise ModelError(
             f"PEFT could not wrap this {traits.model_type} model: {exc}",
             hint=_target_hint(traits),
         ) from exc
+    return adapted_to_installed_libraries(wrapped)
+
+
+def adapted_to_installed_libraries(peft_model: Any) -> Any:
+    """Every PEFT model llmkit trains or loads passes through here: PEFT 0.21's own code paths
+    that break on the installed transformers are replaced (prefix_cache says why)."""
+    pass_prefix_as_cache(peft_model)
+    return peft_model
 
 
 def _target_hint(traits: ModelTraits) -> str:

@@ -154,7 +154,9 @@ def load_trained(path: Path, base_reference: str, revision: str | None = None) -
         from peft import PeftModel
 
         loaded = load_classifier(base_reference, label_names, revision)
-        loaded.model = PeftModel.from_pretrained(loaded.model, path)
+        from llmkit.methods.peft_common import adapted_to_installed_libraries
+
+        loaded.model = adapted_to_installed_libraries(PeftModel.from_pretrained(loaded.model, path))
         loaded.tokenizer = load_tokenizer(str(path))
         return loaded
     from transformers import AutoModelForSequenceClassification

@@ -22,8 +22,22 @@ def resolve_precision(precision: str) -> str:
         return precision
     if torch.cuda.is_available():
         return "fp32"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16" if native else "fp32"
+    return "bf16" if cpu_computes_bf16() else "fp32"
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX); AVX2-only CPUs
+    emulate bf16, slower than fp32."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def cpu_features() -> str:
+    """The CPU's matrix features that decide `auto` precision and the speed a bench can expect."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX (native bf16)"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX512-BF16 (native bf16)"
+    return f"{torch.backends.cpu.get_cpu_capability()} (no native bf16)"
 
 
 def check_precision(precision: str) -> None:
