@@ -206,12 +206,15 @@ def _first_of_each(plan: BenchPlan) -> list[PlannedRun]:
 
 
 def _expectations(plan: BenchPlan, name: str) -> str:
+    from llmkit.tasks import task_for
+
     expect = plan.bench.run(name).expect
+    task = task_for(next(run.recipe.task for run in plan.runs if run.name == name))
     parts = []
     if expect.min_accuracy is not None:
-        parts.append(f"validation accuracy >= {expect.min_accuracy:g}")
+        parts.append(f"validation {task.metric_label('accuracy')} >= {expect.min_accuracy:g}")
     if expect.min_f1 is not None:
-        parts.append(f"validation F1 >= {expect.min_f1:g}")
+        parts.append(f"validation {task.metric_label('f1')} >= {expect.min_f1:g}")
     if expect.min_speed_ratio is not None:
         reference = expect.speed_reference or plan.bench.peers_of(name)[0].label
         parts.append(f"train samples/s >= {expect.min_speed_ratio:g}x {reference}'s")
