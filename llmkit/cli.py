@@ -3,7 +3,6 @@ imports (torch, transformers) happen inside them so `llmkit --help` stays instan
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -447,7 +446,3 @@ def bench(
             typer.secho(f"  {regression.message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(REGRESSION_EXIT_CODE)
     typer.secho("no regressions", fg=typer.colors.GREEN)
-
-
-def run() -> None:  # console-script entry point
-    sys.exit(app())

@@ -40,19 +40,12 @@ class MemoryEstimate:
 
 
 @dataclass(frozen=True)
-class Example:
-    label: str
-    tokens: int
-    text: str  # the token ids decoded back, special tokens included
-
-
-@dataclass(frozen=True)
 class DryRun:
     recipe: Recipe
     architecture: str
     parameters: dict[str, Any]  # as results.json's `parameters`
     rows: dict[str, int]
-    example: Example
+    example: list[str]  # the task's lines showing the first training row and its targets
     truncated_rows: int  # training rows cut at data.max_length
     steps_per_epoch: int
     steps: int
@@ -61,20 +54,16 @@ class DryRun:
 
 
 def dry_run(recipe: Recipe) -> DryRun:
-    from llmkit.pipeline import base_model, parameter_counts, prepare
+    from llmkit.models.parameters import base_model, parameter_counts
+    from llmkit.pipeline import prepare
 
     prepared = prepare(recipe)
     train = prepared.splits["train"]
     lengths = [len(ids) for ids in train["input_ids"]]
-    first = train[0]
-    example = Example(
-        label=prepared.label_names[first["labels"]],
-        tokens=len(first["input_ids"]),
-        text=prepared.tokenizer.decode(first["input_ids"]),
-    )
+    example = prepared.task.describe_example(train[0], prepared.tokenizer, prepared.label_names)
     steps_per_epoch, steps = training_steps(recipe, len(train))
     micro_batch = min(recipe.train.micro_batch_size or recipe.train.batch_size, len(train))
-    tokens = max(lengths) + getattr(recipe.method, "num_virtual_tokens", 0)
+    tokens = max(lengths) + recipe.method.virtual_tokens
     output_dir = Path(recipe.output_dir) if recipe.output_dir is not None else None
     return DryRun(
         recipe=recipe,
@@ -143,12 +132,12 @@ def describe(result: DryRun) -> str:
         yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True).rstrip(),
         "",
         "# dry run: nothing was trained or written",
+        f"task: {recipe.task.name}",
         f"model: {result.architecture}, method {recipe.method.name}: trainable parameters "
         f"{_count(params['trainable'])} of {_count(params['total'])} ({params['trainable_percent']:.2f}%)",
         f"data: {rows} rows; {result.truncated_rows} training rows cut at data.max_length "
         f"{recipe.data.max_length}",
-        f"example (train row 1, label {result.example.label!r}, {result.example.tokens} tokens):",
-        f"  {result.example.text}",
+        *result.example,
         f"training: {result.steps} optimizer steps ({result.steps_per_epoch} per epoch, {batching}, "
         f"{'train.max_steps' if recipe.train.max_steps else f'{recipe.train.epochs:g} epochs'}), "
         f"learning rate {recipe.learning_rate:g}",

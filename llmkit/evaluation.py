@@ -1,5 +1,6 @@
 """`llmkit evaluate`: a trained run's metrics on one of its recipe's splits or on any labelled
-file, with the metric code training used, plus per-class scores and the confusion matrix."""
+file, with the metric code training used, plus the task's report (for sequence classification:
+per-class scores and the confusion matrix)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import DataError, LlmkitError
-from llmkit.inference import (
-    load_model,
-    mean_cross_entropy,
-    predict_logits,
-    read_labelled_file,
-    read_run,
-)
+from llmkit.runs import load_model, read_run
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from rich.console import Console
 
-    from llmkit.inference import TrainedRun
-    from llmkit.metrics.per_class import PerClassReport
+    from llmkit.runs import TrainedRun
+    from llmkit.tasks import TaskReport
 
 SPLITS = ("train", "validation", "test")
 
@@ -32,8 +27,8 @@ class Evaluation:
     split: str  # train, validation, test, or "file" for --data
     source: str  # where the rows came from
     rows: int
-    metrics: dict[str, float]  # loss and the recipe's eval.metrics, as in results.json
-    per_class: PerClassReport
+    metrics: dict[str, float]  # loss and the task's metrics, as in results.json
+    report: TaskReport
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,7 +37,7 @@ class Evaluation:
             "source": self.source,
             "rows": self.rows,
             "metrics": self.metrics,
-            **self.per_class.to_json(),
+            **self.report.to_json(),
         }
 
 
@@ -54,45 +49,34 @@ def evaluate_run(
     batch_size: int | None = None,
     checkpoint: Path | None = None,
 ) -> Evaluation:
-    from llmkit.data.tokenize import sorted_by_length, tokenize_split
-    from llmkit.metrics import MetricSuite
-    from llmkit.metrics.per_class import per_class_report
-
     overrides = overrides or []
     _check_data_overrides(overrides)
     trained = read_run(run_dir, overrides)
-    recipe = trained.recipe
+    recipe, task = trained.recipe, trained.task
     if data_file is not None:
-        dataset = read_labelled_file(data_file, recipe.data, trained.label_names)
+        dataset = task.read_labelled_file(data_file, recipe.data, trained.label_names)
         split, source = "file", str(data_file)
     else:
         dataset, source = _recipe_split(trained, split)
     loaded = load_model(trained, checkpoint)
-    tokenised = sorted_by_length(
-        tokenize_split(dataset, loaded.tokenizer, recipe.data.text_columns, recipe.data.max_length, split)
-    )
-    # Sorted and batched as training's evaluation sorts and batches them: the logits are then
-    # bit-identical to training's, and the metrics equal results.json exactly.
-    logits = predict_logits(
+    result = task.evaluate(
         loaded.model,
         loaded.tokenizer,
-        tokenised,
+        dataset,
+        recipe.data,
+        recipe.eval,
+        trained.label_names,
         batch_size or recipe.train.eval_batch_size,
-        sort_by_length=False,
-        description=f"Evaluating {split}",
-        precision=recipe.train.precision,
+        recipe.train.precision,
+        split,
     )
-    labels = list(tokenised["labels"])
-    predictions = logits.argmax(axis=-1)
-    suite = MetricSuite.for_recipe(recipe.eval, trained.label_names)
-    metrics = {"loss": mean_cross_entropy(logits, labels), **suite.compute(predictions, labels)}
     return Evaluation(
         run_dir=str(run_dir),
         split=split,
         source=source,
-        rows=len(labels),
-        metrics=metrics,
-        per_class=per_class_report(predictions, labels, trained.label_names),
+        rows=result.rows,
+        metrics=result.metrics,
+        report=result.report,
     )
 
 
@@ -108,12 +92,10 @@ def _check_data_overrides(overrides: list[str]) -> None:
 
 def _recipe_split(trained: TrainedRun, split: str) -> tuple[Dataset, str]:
     """One split exactly as training built it (same files, caps and carved validation)."""
-    from llmkit.data.loading import load_splits
-
     if split not in SPLITS:
         raise LlmkitError(f"Unknown split '{split}'.", hint=f"choose one of: {', '.join(SPLITS)}")
     data = trained.recipe.data
-    labelled = load_splits(data, seed=trained.recipe.train.seed)
+    labelled = trained.task.load_splits(data, seed=trained.recipe.train.seed)
     if labelled.label_names != trained.label_names:
         raise DataError(
             f"The run's training data now has the labels {labelled.label_names}; the model was trained "
@@ -137,7 +119,6 @@ def _recipe_split(trained: TrainedRun, split: str) -> tuple[Dataset, str]:
 
 def print_evaluation(evaluation: Evaluation, console: Console | None = None) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     console.print(
@@ -145,21 +126,4 @@ def print_evaluation(evaluation: Evaluation, console: Console | None = None) -> 
     )
     summary = "  ".join(f"{name} {value:.4f}" for name, value in evaluation.metrics.items())
     console.print(summary)
-    report = evaluation.per_class
-    scores = Table()
-    for column in ("label", "precision", "recall", "f1", "support"):
-        scores.add_column(column, justify="left" if column == "label" else "right")
-    for name, score in report.scores.items():
-        scores.add_row(
-            name, f"{score.precision:.4f}", f"{score.recall:.4f}", f"{score.f1:.4f}", str(score.support)
-        )
-    console.print("per class:")
-    console.print(scores)
-    confusion = Table()
-    confusion.add_column("")
-    for name in report.label_names:
-        confusion.add_column(name, justify="right")
-    for name, row in zip(report.label_names, report.confusion, strict=True):
-        confusion.add_row(name, *map(str, row))
-    console.print("confusion matrix (rows: true label, columns: predicted label):")
-    console.print(confusion)
+    evaluation.report.print(console)

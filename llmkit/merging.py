@@ -1,9 +1,9 @@
-"""`llmkit merge`: a trained run as one plain transformers checkpoint, loadable with
-`AutoModelForSequenceClassification.from_pretrained` and nothing from llmkit or PEFT.
+"""`llmkit merge`: a trained run as one plain transformers checkpoint, loadable with the task's
+auto class (`AutoModelForSequenceClassification.from_pretrained`...) and nothing from llmkit or PEFT.
 
 LoRA's update is a low-rank matrix added to existing weights, so it folds into them exactly (up to
-float rounding). Prefix and prompt tuning add inputs (virtual tokens) rather than change weights:
-no plain checkpoint computes the same function, so those runs cannot be merged."""
+float rounding). Methods that add inputs (virtual tokens) rather than change weights say why they
+cannot be merged (their options' `merge_refusal`)."""
 
 from __future__ import annotations
 
@@ -11,30 +11,19 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llmkit.errors import LlmkitError, RunDirectoryError
-from llmkit.inference import load_model, read_run
+from llmkit.runs import load_model, read_run
+
+if TYPE_CHECKING:
+    from llmkit.recipe.schema import DataSection
+    from llmkit.tasks import Task
 
 # Merged logits may differ from the adapter's by float rounding only; more means a broken merge.
 LOGIT_TOLERANCE = 1e-4
-# Texts the merged model is checked on: varied lengths, no data files needed.
-PROBE_TEXTS = [
-    "ok",
-    "the order arrived two weeks late and nobody answered my emails",
-    "how do I change the password on my account",
-    "I was charged twice this month, please refund one payment",
-]
 
 T = TypeVar("T")
-
-NOT_MERGEABLE = {
-    "prefix": "prefix tuning adds trained key/value vectors to every attention layer as extra "
-    "positions; they are inputs, not changes to existing weights, so no plain checkpoint computes "
-    "the same function",
-    "prompt": "prompt tuning prepends trained embeddings to every input; they are inputs, not "
-    "changes to existing weights, so no plain checkpoint computes the same function",
-}
 
 
 @dataclass
@@ -47,12 +36,14 @@ class MergeResult:
 
 def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> MergeResult:
     trained = read_run(run_dir)
-    method = trained.recipe.method.name
-    if method in NOT_MERGEABLE:
+    method, task = trained.recipe.method.name, trained.task
+    auto_class = task.auto_model_class().__name__
+    refusal = trained.recipe.method.merge_refusal
+    if refusal is not None:
         raise LlmkitError(
-            f"A {method} run cannot be merged: {NOT_MERGEABLE[method]}.",
+            f"A {method} run cannot be merged: {refusal}.",
             hint=f"use the run as it is (llmkit predict {run_dir} ...), or load {trained.run.model_dir} "
-            "with peft.AutoPeftModelForSequenceClassification",
+            f"with peft.{auto_class.replace('AutoModel', 'AutoPeftModel')}",
         )
     _check_output_dir(output_dir, run_dir, overwrite)
     if not (trained.run.model_dir / "adapter_config.json").is_file():
@@ -65,13 +56,13 @@ def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> Merge
             f"copied it to {output_dir}.",
         )
     loaded = load_model(trained)
-    columns = trained.recipe.data.text_columns
-    before = _probe_logits(loaded.model, loaded.tokenizer, columns)
+    data = trained.recipe.data
+    before = _probe_logits(loaded.model, loaded.tokenizer, task, data)
     merged = loaded.model.merge_and_unload()
 
     def save_and_check(target: Path) -> float:
         _save(merged, loaded.tokenizer, target)
-        difference = _reloaded_difference(target, before, columns)
+        difference = _reloaded_difference(target, before, task, data)
         if difference > LOGIT_TOLERANCE:
             raise LlmkitError(
                 f"The merged model's logits differ from the adapter's by {difference:.2e} (more than "
@@ -85,7 +76,7 @@ def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> Merge
         method,
         output_dir,
         f"merged the {method} adapter into the base weights: {output_dir} loads with "
-        "AutoModelForSequenceClassification.from_pretrained",
+        f"{auto_class}.from_pretrained",
         max_logit_difference=difference,
     )
 
@@ -125,20 +116,20 @@ def _save(model: Any, tokenizer: Any, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def _probe_logits(model: Any, tokenizer: Any, columns: list[str]) -> Any:
+def _probe_logits(model: Any, tokenizer: Any, task: Task, data: DataSection) -> Any:
     import torch
 
-    texts = [PROBE_TEXTS] * len(columns)  # a pair task reads each text against itself
-    batch = tokenizer(*texts, padding=True, return_tensors="pt").to(next(model.parameters()).device)
+    device = next(model.parameters()).device
+    batch = task.probe_batch(tokenizer, data, None)
     with torch.inference_mode():
-        return model(**batch).logits.float().cpu()
+        return model(**{name: tensor.to(device) for name, tensor in batch.items()}).logits.float().cpu()
 
 
-def _reloaded_difference(output_dir: Path, before: Any, columns: list[str]) -> float:
+def _reloaded_difference(output_dir: Path, before: Any, task: Task, data: DataSection) -> float:
     """Largest logit difference between the adapter and the merged checkpoint, reloaded from disk
     as a user would load it: plain transformers, no llmkit or PEFT code."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    reloaded = AutoModelForSequenceClassification.from_pretrained(output_dir).eval()
-    after = _probe_logits(reloaded, AutoTokenizer.from_pretrained(output_dir), columns)
+    reloaded = task.auto_model_class().from_pretrained(output_dir).eval()
+    after = _probe_logits(reloaded, AutoTokenizer.from_pretrained(output_dir), task, data)
     return float((after - before).abs().max())

@@ -1,5 +1,6 @@
-"""`llmkit predict`: labels and per-label probabilities from a trained run, one output row per
-input row, in input order, keeping the input's id column."""
+"""`llmkit predict`: the task's predictions from a trained run (for sequence classification: the
+label and every label's probability), one output row per input row, in input order, keeping the
+input's id column."""
 
 from __future__ import annotations
 
@@ -10,19 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from llmkit.data.inputs import STDIN
 from llmkit.errors import DataError
-from llmkit.inference import STDIN, load_model, predict_logits, read_run, read_unlabelled, softmax
+from llmkit.runs import load_model, read_run
 
 if TYPE_CHECKING:
-    import numpy as np
-    from datasets import Dataset
-
-    from llmkit.models.loading import LoadedModel
-    from llmkit.recipe.schema import DataSection
+    from llmkit.tasks import Task
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 DEFAULT_ID_COLUMN = "id"
-DIGITS = 6  # probabilities rounded for reading; argmax is taken before rounding
 
 
 def predict_to_file(
@@ -36,8 +33,14 @@ def predict_to_file(
     (jsonl, csv or tsv by extension; jsonl on stdout when None). Returns the number of rows."""
     output_format = _output_format(output)
     trained = read_run(run_dir)
+    task = trained.task
+    if output_format != "jsonl" and task.csv_columns(trained.label_names) is None:
+        raise DataError(
+            f"A {trained.recipe.task.name} run writes nested predictions, which {output_format} cannot hold.",
+            hint="name the output file .jsonl",
+        )
     data = trained.recipe.data
-    dataset = read_unlabelled(source, data, id_column)
+    dataset = task.read_unlabelled(source, data, id_column)
     key = id_column or (DEFAULT_ID_COLUMN if DEFAULT_ID_COLUMN in dataset.column_names else None)
     # Standard input has no id: each text stands for itself.
     key = data.text_columns[0] if source == STDIN else key
@@ -45,33 +48,17 @@ def predict_to_file(
     loaded = load_model(trained)
     batch_size = batch_size or trained.recipe.train.eval_batch_size
     precision = trained.recipe.train.precision
-    probabilities = predict_probabilities(loaded, dataset, data, batch_size, precision)
-    rows = _rows(probabilities, trained.label_names, key, ids)
+    predictions = task.predict(
+        loaded.model, loaded.tokenizer, dataset, data, trained.label_names, batch_size, precision
+    )
+    rows = list(_with_ids(predictions, key, ids))
     if output is None:
-        _write(rows, sys.stdout, output_format, trained.label_names, key)
+        _write(rows, sys.stdout, output_format, task, trained.label_names, key)
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         with output.open("w", encoding="utf-8", newline="") as handle:
-            _write(rows, handle, output_format, trained.label_names, key)
-    return len(probabilities)
-
-
-def predict_probabilities(
-    loaded: LoadedModel, dataset: Dataset, data: DataSection, batch_size: int, precision: str
-) -> np.ndarray:
-    """Per-label probabilities (rows x labels) of the texts in `dataset`'s text columns, in order:
-    tokenised as training tokenised, batched by similar length, computed in `precision`."""
-    from llmkit.data.tokenize import tokenize_split
-
-    tokenised = tokenize_split(
-        dataset.select_columns(data.text_columns),
-        loaded.tokenizer,
-        data.text_columns,
-        data.max_length,
-        "input",
-    )
-    logits = predict_logits(loaded.model, loaded.tokenizer, tokenised, batch_size, precision=precision)
-    return softmax(logits)
+            _write(rows, handle, output_format, task, trained.label_names, key)
+    return len(rows)
 
 
 def _output_format(output: Path | None) -> str:
@@ -86,22 +73,20 @@ def _output_format(output: Path | None) -> str:
     return found
 
 
-def _rows(
-    probabilities: np.ndarray, label_names: list[str], key: str | None, ids: list[Any] | None
+def _with_ids(
+    predictions: Iterator[dict[str, Any]], key: str | None, ids: list[Any] | None
 ) -> Iterator[dict[str, Any]]:
-    for index, row in enumerate(probabilities):
+    for index, prediction in enumerate(predictions):
         record: dict[str, Any] = {key: ids[index]} if key is not None and ids is not None else {}
-        record["label"] = label_names[int(row.argmax())]
-        record["probabilities"] = {
-            name: round(float(p), DIGITS) for name, p in zip(label_names, row, strict=True)
-        }
+        record.update(prediction)
         yield record
 
 
 def _write(
-    rows: Iterator[dict[str, Any]],
+    rows: list[dict[str, Any]],
     handle: IO[str],
     output_format: str,
+    task: Task,
     label_names: list[str],
     key: str | None,
 ) -> None:
@@ -109,9 +94,9 @@ def _write(
         for record in rows:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
-    header = [*([key] if key else []), "label", *(f"prob_{name}" for name in label_names)]
+    columns = task.csv_columns(label_names)
+    assert columns is not None  # checked before predicting
     writer = csv.writer(handle, delimiter="\t" if output_format == "tsv" else ",", lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow([*([key] if key else []), *columns])
     for record in rows:
-        probabilities = record.pop("probabilities")
-        writer.writerow([*record.values(), *(probabilities[name] for name in label_names)])
+        writer.writerow([*([record[key]] if key else []), *task.csv_values(record, label_names)])

@@ -39,6 +39,8 @@ class RunSummary:
     train_rows: int | None
     epochs: float | None
     validation_rows: int | None
+    # Validation accuracy and F1: the two figures every classification task reports (token
+    # classification: token accuracy and entity F1), which expectations and baselines compare.
     accuracy: Stat
     f1: Stat
     trainable_parameters: int | None
@@ -54,6 +56,11 @@ class RunSummary:
     model_flops_per_second: Stat  # llmkit/training/flops.py; a peer's: its like-run's per sample
     mfu: float | None  # mean model FLOP/s over the machine's matmul peak in that precision
     inference: dict[str, Any] | None  # prediction speed against a pipeline (measure_inference)
+    task: str = "sequence_classification"
+    # Every validation metric of the run's task, by the task's metric names (accuracy and f1 too),
+    # and how tables name them.
+    metrics: dict[str, Stat] = field(default_factory=dict)
+    metric_labels: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,12 +102,17 @@ def speed_ratio(run: RunSummary, reference: RunSummary) -> float | None:
 
 
 def _summary(name: str, kind: str, plan: BenchPlan, records: list[RunRecord]) -> RunSummary:
+    from llmkit.tasks import task_for
+
     mine = [record for record in records if record.name == name]
     done = [record for record in mine if record.status == "completed"]
     planned = next(run for run in plan.runs if run.name == name)
     first = done[0] if done else None
     parameters = first.figure("parameters") if first else None
     peaks = [p for record in done if (p := record.figure("train", "peak_memory_mb")) is not None]
+    task = task_for(planned.recipe.task)
+    names = task.metric_names(planned.recipe.eval)
+    metrics = {n: Stat.of([record.figure("metrics", "validation", n) for record in done]) for n in names}
     return RunSummary(
         name=name,
         kind=kind,
@@ -126,4 +138,7 @@ def _summary(name: str, kind: str, plan: BenchPlan, records: list[RunRecord]) ->
         model_flops_per_second=Stat.of([record.figure("train", "model_flops_per_second") for record in done]),
         mfu=None,
         inference=next((found for r in done if (found := r.figure("inference")) is not None), None),
+        task=planned.recipe.task.name,
+        metrics=metrics,
+        metric_labels={n: task.metric_label(n) for n in names},
     )

@@ -40,11 +40,12 @@ def check_expectations(
     for run in plan.bench.runs:
         name = run.label
         expect = plan.expectations(name)
+        labels = by_name[name].metric_labels
         for record in (r for r in records if r.name == name and r.status == "completed"):
             where = f"{name} seed {record.seed}"
             for metric, label, floor in (
-                ("accuracy", "validation accuracy", expect.min_accuracy),
-                ("f1", "validation F1", expect.min_f1),
+                ("accuracy", f"validation {labels.get('accuracy', 'accuracy')}", expect.min_accuracy),
+                ("f1", f"validation {labels.get('f1', 'F1')}", expect.min_f1),
             ):
                 value = record.figure("metrics", "validation", metric)
                 if floor is not None and (value is None or value < floor):
@@ -119,7 +120,11 @@ def compare_with_baseline(
         if old is None:
             notes.append(f"{summary.name}: not in the baseline, not compared")
             continue
-        for metric, label in (("accuracy", "validation accuracy"), ("f1", "validation F1")):
+        labels = summary.metric_labels
+        for metric, label in (
+            ("accuracy", f"validation {labels.get('accuracy', 'accuracy')}"),
+            ("f1", f"validation {labels.get('f1', 'F1')}"),
+        ):
             new, before = getattr(summary, metric).mean, _mean(old, metric)
             tolerance = getattr(tolerances, metric)
             if new is not None and before is not None and new < before - tolerance:

@@ -9,7 +9,6 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from llmkit.bench.report import (
 from llmkit.bench.runner import Echo, RunRecord, execute, reset_peak_memory
 from llmkit.errors import LlmkitError
 from llmkit.rundir import now
+from llmkit.versions import run_versions
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def run_bench(plan: BenchPlan, overwrite: bool, baseline_path: Path | None, echo
         "run_count": len(plan.runs),
         "peak_memory": _peak_memory_meaning(reset_peak_memory()),
         "host": _host(),
-        "versions": _versions(),
+        "versions": run_versions(),
         "matmul_peak": _measure_peaks(plan, echo),
         "complete": False,
     }
@@ -206,12 +206,15 @@ def _first_of_each(plan: BenchPlan) -> list[PlannedRun]:
 
 
 def _expectations(plan: BenchPlan, name: str) -> str:
+    from llmkit.tasks import task_for
+
     expect = plan.expectations(name)
+    task = task_for(next(run.recipe.task for run in plan.runs if run.name == name))
     parts = []
     if expect.min_accuracy is not None:
-        parts.append(f"validation accuracy >= {expect.min_accuracy:g}")
+        parts.append(f"validation {task.metric_label('accuracy')} >= {expect.min_accuracy:g}")
     if expect.min_f1 is not None:
-        parts.append(f"validation F1 >= {expect.min_f1:g}")
+        parts.append(f"validation {task.metric_label('f1')} >= {expect.min_f1:g}")
     if expect.min_speed_ratio is not None:
         reference = expect.speed_reference or plan.bench.peers_of(name)[0].label
         parts.append(f"train samples/s >= {expect.min_speed_ratio:g}x {reference}'s")
@@ -283,13 +286,3 @@ def _host() -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "cpu_features": cpu_features(),
     }
-
-
-def _versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in ("llmkit", "torch", "transformers", "peft"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "?"
-    return found

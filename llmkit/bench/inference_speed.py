@@ -19,12 +19,12 @@ def compare_with_pipeline(run_dir: Path, rows_file: Path, batch_size: int | None
     """Rows/s of both on every row of `rows_file`, and how often their labels agree."""
     from transformers import pipeline
 
-    from llmkit.inference import load_model, read_run, read_unlabelled
-    from llmkit.prediction import predict_probabilities
+    from llmkit.runs import load_model, read_run
+    from llmkit.tasks.sequence_classification import predict_probabilities
 
     trained = read_run(run_dir)
     data = trained.recipe.data
-    dataset = read_unlabelled(str(rows_file), data, None)
+    dataset = trained.task.read_unlabelled(str(rows_file), data, None)
     loaded = load_model(trained)
     batch_size = batch_size or trained.recipe.train.eval_batch_size
     tokenizer: Any = loaded.tokenizer  # the pipeline's type hints name concrete tokenizer classes
@@ -43,7 +43,9 @@ def compare_with_pipeline(run_dir: Path, rows_file: Path, batch_size: int | None
     options = {"batch_size": batch_size, "truncation": True, "max_length": data.max_length}
 
     def ours(rows: Any) -> Any:
-        return predict_probabilities(loaded, rows, data, batch_size, trained.recipe.train.precision)
+        return predict_probabilities(
+            loaded.model, loaded.tokenizer, rows, data, batch_size, trained.recipe.train.precision
+        )
 
     def theirs(rows: list[Any]) -> list[Any]:
         return list(classifier(rows, **options))

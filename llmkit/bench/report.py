@@ -21,9 +21,8 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     temporary.replace(path)  # a reader never sees half a file, even while the bench still runs
 
 
-CSV_COLUMNS = (
-    "run", "kind", "model", "method", "train_rows", "epochs", "seeds", "failed_seeds",
-    "accuracy_mean", "accuracy_std", "f1_mean", "f1_std",
+CSV_LEADING = ("run", "kind", "task", "model", "method", "train_rows", "epochs", "seeds", "failed_seeds")
+CSV_TRAILING = (
     "trainable_parameters", "total_parameters", "trainable_percent",
     "samples_per_second_mean", "samples_per_second_std", "speed_ratio_vs_peer", "peer",
     "tokens_per_second_mean", "tokens_per_second_std", "precision", "model_flops_per_second_mean", "mfu",
@@ -32,14 +31,28 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
+def metric_names(summaries: list[RunSummary]) -> list[str]:
+    """The validation metrics of the runs' tasks, in the tasks' order, each once."""
+    names: dict[str, None] = {}
+    for summary in summaries:
+        names.update(dict.fromkeys(_metrics(summary)))
+    return list(names)
+
+
+def csv_columns(summaries: list[RunSummary]) -> list[str]:
+    metrics = [f"{name}_{part}" for name in metric_names(summaries) for part in ("mean", "std")]
+    return [*CSV_LEADING, *metrics, *CSV_TRAILING]
+
+
 def write_csv(path: Path, summaries: list[RunSummary]) -> None:
+    columns = csv_columns(summaries)
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(csv_row(summary) for summary in summaries)
+        writer.writerows(csv_row(summary, columns) for summary in summaries)
 
 
-def csv_row(s: RunSummary) -> dict[str, Any]:
+def csv_row(s: RunSummary, columns: list[str]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "run": s.name,
         "seeds": " ".join(map(str, s.seeds)),
@@ -49,20 +62,36 @@ def csv_row(s: RunSummary) -> dict[str, Any]:
         "pipeline_rows_per_second": (s.inference or {}).get("pipeline_rows_per_second"),
         "predict_ratio_vs_pipeline": (s.inference or {}).get("ratio"),
     }
-    for figure in ("accuracy", "f1", "samples_per_second", "tokens_per_second", "model_flops_per_second"):
+    metrics = _metrics(s)
+    for name in metric_names([s]):
+        row.update({f"{name}_mean": metrics[name].mean, f"{name}_std": metrics[name].std})
+    for figure in ("samples_per_second", "tokens_per_second", "model_flops_per_second"):
         stat = getattr(s, figure)
         row.update({f"{figure}_mean": stat.mean, f"{figure}_std": stat.std})
-    return {column: row[column] if column in row else getattr(s, column) for column in CSV_COLUMNS}
+    return {column: row[column] if column in row else getattr(s, column, None) for column in columns}
 
 
-TABLE_HEADERS = (
-    "run", "model", "method", "train rows x epochs", "seeds", "val accuracy", "val F1",
+def _metrics(s: RunSummary) -> dict[str, Stat]:
+    return s.metrics or {"accuracy": s.accuracy, "f1": s.f1}
+
+
+def _metric_label(summaries: list[RunSummary], name: str) -> str:
+    labels = {s.metric_labels[name] for s in summaries if name in s.metric_labels}
+    return " / ".join(sorted(labels)) if labels else {"f1": "F1"}.get(name, name)
+
+
+TABLE_LEADING = ("run", "model", "method", "train rows x epochs", "seeds")
+TABLE_TRAILING = (
     "trainable params", "trainable %", "train samples/s", "x peer", "tokens/s", "MFU", "predict rows/s",
     "x pipeline", "peak MB", "wall s",
 )  # fmt: skip
 
 
 def summary_table(summaries: list[RunSummary]) -> str:
+    """One row per run; a column per validation metric of the runs' tasks, named as the task names it."""
+    names = metric_names(summaries)
+    headers = [*TABLE_LEADING, *(f"val {_metric_label(summaries, name)}" for name in names), *TABLE_TRAILING]
+    missing = Stat(None, None)
     rows = [
         [
             f"{s.name} (peer script)" if s.kind == "peer" else s.name,
@@ -70,8 +99,7 @@ def summary_table(summaries: list[RunSummary]) -> str:
             s.method,
             f"{s.train_rows} x {s.epochs:g}" if s.train_rows is not None and s.epochs is not None else "-",
             str(len(s.seeds)) + (f" ({len(s.failed_seeds)} failed)" if s.failed_seeds else ""),
-            _stat(s.accuracy, 4),
-            _stat(s.f1, 4),
+            *(_stat(_metrics(s).get(name, missing), 4) for name in names),
             count(s.trainable_parameters),
             f"{s.trainable_percent:.2f}" if s.trainable_percent is not None else "-",
             _stat(s.samples_per_second, 1),
@@ -85,7 +113,7 @@ def summary_table(summaries: list[RunSummary]) -> str:
         ]
         for s in summaries
     ]
-    return markdown_table(TABLE_HEADERS, rows)
+    return markdown_table(headers, rows)
 
 
 def write_markdown(
@@ -97,6 +125,7 @@ def write_markdown(
 ) -> None:
     host = meta["host"]
     validation = sorted({s.validation_rows for s in summaries if s.validation_rows is not None})
+    metrics_named = ", ".join(_metric_label(summaries, name) for name in metric_names(summaries))
     lines = [
         f"# Bench `{meta['name']}`",
         "",
@@ -109,7 +138,7 @@ def write_markdown(
         "",
         summary_table(summaries),
         "",
-        f"Validation accuracy and F1 on {' / '.join(map(str, validation)) or '?'} validation rows, "
+        f"Validation {metrics_named} on {' / '.join(map(str, validation)) or '?'} validation rows, "
         "mean ± standard deviation over seeds (± only with two or more). Train samples/s and "
         "tokens/s (real tokens, padding excluded) count training time only, evaluation excluded. "
         "**x peer**: train samples/s over those of the run's peer: the hand-written Trainer + PEFT "

@@ -136,11 +136,8 @@ def _prefix(planned: PlannedRun, total: int) -> str:
 def _outcome(record: RunRecord) -> str:
     if record.status != "completed":
         return f"FAILED after {record.wall_s:.0f} s: {(record.error or '').splitlines()[0]}"
-    shown = [
-        f"{name} {value:.4f}"
-        for name in ("accuracy", "f1")
-        if (value := record.figure("metrics", "validation", name)) is not None
-    ]
+    validation = record.figure("metrics", "validation") or {}
+    shown = [f"{name} {value:.4f}" for name, value in validation.items() if name != "loss"]
     speed = record.figure("train", "samples_per_second")
     if speed is not None:
         shown.append(f"{speed:.1f} samples/s")

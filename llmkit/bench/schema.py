@@ -39,9 +39,18 @@ class Section(BaseModel):
 
 class Expectations(Section):
     min_accuracy: float | None = Field(
-        None, ge=0, le=1, description="Every seed's validation accuracy is at least this."
+        None,
+        ge=0,
+        le=1,
+        description="Every seed's validation accuracy (token accuracy for token classification) is at "
+        "least this.",
     )
-    min_f1: float | None = Field(None, ge=0, le=1, description="Every seed's validation F1 is at least this.")
+    min_f1: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Every seed's validation F1 (entity F1 for token classification) is at least this.",
+    )
     min_speed_ratio: PositiveFloat | None = Field(
         None,
         description="Mean train samples/s divided by the speed_reference run's is at least this.",

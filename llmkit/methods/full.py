@@ -14,7 +14,7 @@ class FullOptions(MethodOptions):
     name: Literal["full"] = "full"
     default_learning_rate = 5e-5
     summary = "all weights trained"
-    updates_base_weights = True
+    trains_base_weights = True
 
 
 def wrap(model: PreTrainedModel, options: FullOptions, traits: ModelTraits) -> PreTrainedModel:

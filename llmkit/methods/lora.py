@@ -51,7 +51,7 @@ def wrap(model: PreTrainedModel, options: LoraOptions, traits: ModelTraits) -> A
                 hint="choose from its linear layers: " + ", ".join(traits.linear_module_names),
             )
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType(traits.peft_task_type),
         r=options.r,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,

@@ -24,6 +24,15 @@ class PrefixOptions(MethodOptions):
     )
     default_learning_rate = 1e-2
     summary = "trained key/value prefixes in every layer"
+    merge_refusal = (
+        "prefix tuning adds trained key/value vectors to every attention layer as extra positions; "
+        "they are inputs, not changes to existing weights, so no plain checkpoint computes the same "
+        "function"
+    )
+
+    @property
+    def virtual_tokens(self) -> int:
+        return self.num_virtual_tokens
 
     @model_validator(mode="after")
     def _projection_size_needs_projection(self) -> PrefixOptions:
@@ -36,7 +45,7 @@ def wrap(model: PreTrainedModel, options: PrefixOptions, traits: ModelTraits) ->
     from peft import PrefixTuningConfig, TaskType
 
     config = PrefixTuningConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType(traits.peft_task_type),
         num_virtual_tokens=options.num_virtual_tokens,
         prefix_projection=options.projection,
         encoder_hidden_size=options.projection_hidden_size or model.config.hidden_size,

@@ -22,6 +22,15 @@ class PromptOptions(MethodOptions):
     init_text: str | None = Field(None, description="Text whose token embeddings seed the prompt.")
     default_learning_rate = 3e-2
     summary = "trained soft-prompt embeddings before the input"
+    virtual_tokens_in_input = True
+    merge_refusal = (
+        "prompt tuning prepends trained embeddings to every input; they are inputs, not changes to "
+        "existing weights, so no plain checkpoint computes the same function"
+    )
+
+    @property
+    def virtual_tokens(self) -> int:
+        return self.num_virtual_tokens
 
     @model_validator(mode="after")
     def _init_text_matches_init(self) -> PromptOptions:
@@ -36,7 +45,7 @@ def wrap(model: PreTrainedModel, options: PromptOptions, traits: ModelTraits) ->
     from peft import PromptTuningConfig, PromptTuningInit, TaskType
 
     config = PromptTuningConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType(traits.peft_task_type),
         num_virtual_tokens=options.num_virtual_tokens,
         prompt_tuning_init=PromptTuningInit.TEXT if options.init == "text" else PromptTuningInit.RANDOM,
         prompt_tuning_init_text=options.init_text,

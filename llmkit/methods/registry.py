@@ -7,10 +7,12 @@ method means adding one module that calls `register_method` and one row in the t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from llmkit.models.traits import ModelTraits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -26,20 +28,21 @@ class MethodOptions(BaseModel):
     # full fine-tuning, and a shared default leaves them at the majority class.
     default_learning_rate: ClassVar[float]
     summary: ClassVar[str]
-    # False for methods that keep the base weights frozen behind an adapter saved on its own.
-    updates_base_weights: ClassVar[bool] = False
+    # Facts the rest of llmkit asks a method about, instead of comparing its name.
+    # Whether the base model's own weights train (full fine-tuning), or stay frozen behind an
+    # adapter, prefix or prompt: the backward pass then skips their gradients (training/flops.py).
+    trains_base_weights: ClassVar[bool] = False
+    # Whether the virtual tokens (see `virtual_tokens`) are positions of the input sequence (prompt
+    # tuning: they take position embeddings and are attended to and from) rather than extra
+    # key/value context only (prefix tuning).
+    virtual_tokens_in_input: ClassVar[bool] = False
+    # Why `llmkit merge` cannot fold this method into plain weights; None when it can.
+    merge_refusal: ClassVar[str | None] = None
 
-
-@dataclass(frozen=True)
-class ModelTraits:
-    """What a method needs to know about the model it wraps."""
-
-    model_type: str
-    is_decoder: bool
-    # Modules whose weights were absent from the checkpoint (the classification head, usually).
-    # They start random, so every method must train them and save them with the adapter.
-    new_modules: tuple[str, ...] = field(default_factory=tuple)
-    linear_module_names: tuple[str, ...] = field(default_factory=tuple)
+    @property
+    def virtual_tokens(self) -> int:
+        """Trained positions the method adds in front of every sequence (0: none)."""
+        return 0
 
 
 WrapFn = Callable[["PreTrainedModel", Any, ModelTraits], Any]
@@ -59,6 +62,8 @@ def register_method(options: type[MethodOptions], wrap: WrapFn) -> None:
     name = options.model_fields["name"].default
     if not isinstance(name, str):
         raise TypeError(f"{options.__name__}.name needs a Literal default naming the method")
+    if name in METHODS:
+        raise ValueError(f"a method named {name!r} is registered already ({METHODS[name].options.__name__})")
     METHODS[name] = MethodSpec(name=name, options=options, wrap=wrap)
 
 

@@ -1,4 +1,4 @@
-"""Loading a checkpoint as a sequence classifier, ready for any tuning method, and loading a
+"""Loading a checkpoint with a fresh head for the task, ready for any tuning method, and loading a
 trained one back from a run directory."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import ModelError
-from llmkit.methods import ModelTraits
 from llmkit.models.checkpoint import CheckpointLocation, dequantised_checkpoint, locate_checkpoint
-from llmkit.models.pooling import use_last_real_token
+from llmkit.models.traits import ModelTraits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from llmkit.tasks import Task
 
 LABELS_FILE = "labels.json"
 
@@ -26,7 +27,6 @@ class LoadedModel:
     model: Any  # a PreTrainedModel, or a PeftModel once a method has wrapped it
     tokenizer: PreTrainedTokenizerBase
     traits: ModelTraits
-    location: CheckpointLocation
 
 
 # Weights are kept in fp32 whatever the checkpoint stores (transformers 5 would keep a bf16 hub
@@ -35,25 +35,35 @@ class LoadedModel:
 WEIGHTS_DTYPE = "float32"
 
 
-def load_classifier(reference: str, label_names: list[str], revision: str | None = None) -> LoadedModel:
-    """The checkpoint with a fresh classification head for `label_names`."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def load_classifier(
+    reference: str, label_names: list[str], revision: str | None = None, task: Task | None = None
+) -> LoadedModel:
+    """The checkpoint with a fresh head for `label_names`, built by the task's auto class
+    (sequence classification when `task` is None)."""
+    from transformers import AutoConfig
 
+    task = _task_or_default(task)
     location = locate_checkpoint(reference)
     source = str(dequantised_checkpoint(location.gguf_file)) if location.gguf_file else location.path
     with _explained_load_errors(location):
         config = AutoConfig.from_pretrained(source, revision=revision)
-        _check_can_classify(config.model_type, reference)
+        task.check_model_type(config.model_type, reference)
         config.num_labels = len(label_names)
         config.id2label = dict(enumerate(label_names))
         config.label2id = {name: index for index, name in enumerate(label_names)}
         tokenizer = load_tokenizer(source, revision)
         config.pad_token_id = tokenizer.pad_token_id
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = task.auto_model_class().from_pretrained(
             source, config=config, revision=revision, output_loading_info=True, dtype=WEIGHTS_DTYPE
         )
     new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
-    return _ready(model, tokenizer, location, new_modules)
+    return _ready(model, tokenizer, task, new_modules)
+
+
+def _task_or_default(task: Task | None) -> Task:
+    from llmkit.tasks import task_for
+
+    return task if task is not None else task_for()
 
 
 def load_tokenizer(source: str, revision: str | None = None) -> PreTrainedTokenizerBase:
@@ -73,17 +83,6 @@ def load_tokenizer(source: str, revision: str | None = None) -> PreTrainedTokeni
     return tokenizer
 
 
-def _check_can_classify(model_type: str, reference: str) -> None:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-
-    if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-        raise ModelError(
-            f"'{reference}' is a '{model_type}' model, which transformers cannot use for sequence "
-            "classification.",
-            hint="use an encoder such as BERT or a decoder such as GPT-2 or Llama",
-        )
-
-
 def _is_decoder(model_type: str) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -94,20 +93,19 @@ def _is_decoder(model_type: str) -> bool:
 def _ready(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    location: CheckpointLocation,
+    task: Task,
     new_modules: list[str],
 ) -> LoadedModel:
     model_type = str(model.config.model_type)
-    is_decoder = _is_decoder(model_type)
-    if is_decoder:
-        use_last_real_token(model)
     traits = ModelTraits(
         model_type=model_type,
-        is_decoder=is_decoder,
+        is_decoder=_is_decoder(model_type),
         new_modules=tuple(new_modules),
         linear_module_names=_linear_module_names(model, exclude=new_modules),
+        peft_task_type=task.peft_task_type,
     )
-    return LoadedModel(model=model, tokenizer=tokenizer, traits=traits, location=location)
+    task.adapt_model(model, traits)
+    return LoadedModel(model=model, tokenizer=tokenizer, traits=traits)
 
 
 def _linear_module_names(model: PreTrainedModel, exclude: list[str]) -> tuple[str, ...]:
@@ -146,21 +144,21 @@ def save_trained(model: Any, tokenizer: PreTrainedTokenizerBase, label_names: li
     (path / LABELS_FILE).write_text(json.dumps({"label_names": label_names}, indent=2) + "\n")
 
 
-def load_trained(path: Path, base_reference: str, revision: str | None = None) -> LoadedModel:
+def load_trained(
+    path: Path, base_reference: str, revision: str | None = None, task: Task | None = None
+) -> LoadedModel:
     """A model saved by `save_trained`: a full checkpoint, or an adapter on its base checkpoint.
-    Also any plain classification checkpoint, such as `llmkit merge`'s output."""
+    Also any plain checkpoint of the task, such as `llmkit merge`'s output."""
+    task = _task_or_default(task)
     if (path / "adapter_config.json").is_file():
         label_names = json.loads((path / LABELS_FILE).read_text())["label_names"]
         from peft import PeftModel
 
-        loaded = load_classifier(base_reference, label_names, revision)
+        loaded = load_classifier(base_reference, label_names, revision, task)
         from llmkit.methods.peft_common import adapted_to_installed_libraries
 
         loaded.model = adapted_to_installed_libraries(PeftModel.from_pretrained(loaded.model, path))
         loaded.tokenizer = load_tokenizer(str(path))
         return loaded
-    from transformers import AutoModelForSequenceClassification
-
-    location = CheckpointLocation(reference=str(path), path=str(path), is_local=True)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=WEIGHTS_DTYPE)
-    return _ready(model, load_tokenizer(str(path)), location, new_modules=[])
+    model = task.auto_model_class().from_pretrained(path, dtype=WEIGHTS_DTYPE)
+    return _ready(model, load_tokenizer(str(path)), task, new_modules=[])

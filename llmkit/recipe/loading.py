@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from llmkit.errors import LlmkitError, RecipeError
 from llmkit.methods import METHODS
 from llmkit.recipe.schema import Recipe
+from llmkit.tasks import DEFAULT_TASK, TASKS
 
 # Keys whose values are paths to inputs: in a recipe file they are relative to that file, so a
 # recipe and its data travel together; on the command line they are relative to where you are.
@@ -320,6 +321,11 @@ def _model_at(parent: KeyPath, tree: dict[str, Any]) -> type[BaseModel] | None:
         name = method.get("name", "full") if isinstance(method, dict) else "full"
         spec = METHODS.get(name)
         return spec.options if spec else None
+    if parent == ("task",):
+        task = tree.get("task")
+        name = task.get("name", DEFAULT_TASK) if isinstance(task, dict) else DEFAULT_TASK
+        task_spec = TASKS.get(name)
+        return task_spec.options if task_spec else None
     if len(parent) == 1:
         annotation = Recipe.model_fields[parent[0]].annotation if parent[0] in Recipe.model_fields else None
         return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
@@ -331,7 +337,13 @@ def _other_homes(key: str, parent: KeyPath, tree: dict[str, Any]) -> str:
     homes = []
     for section in Recipe.model_fields:
         model = _model_at((section,), tree)
-        if section != "method" and model is not None and key in model.model_fields and (section,) != parent:
+        if (
+            section != "method"
+            and key != "name"  # a task's name is set as `task: NAME`, not a misplaced key
+            and model is not None
+            and key in model.model_fields
+            and (section,) != parent
+        ):
             homes.append(f"the {section} section ({section}.{key})")
     owners = [name for name, spec in METHODS.items() if key in spec.options.model_fields and key != "name"]
     if owners:

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from llmkit.methods import METHODS, MethodOptions
+from llmkit.tasks import DEFAULT_TASK, TASKS, TaskOptions
 
 DATA_FILE_FORMATS = {
     ".csv": "csv",
@@ -141,6 +142,15 @@ else:  # a tagged union of every registered method's options, so each rejects th
     ]
 
 
+if TYPE_CHECKING:
+    TaskSection = TaskOptions
+else:  # a tagged union of every registered task's options
+    TaskSection = Annotated[
+        Union[tuple(spec.options for spec in TASKS.values())],  # noqa: UP007
+        Field(discriminator="name"),
+    ]
+
+
 class TrainSection(Section):
     epochs: PositiveFloat = Field(3.0, description="Passes over the training data; may be fractional.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many steps.")
@@ -220,6 +230,10 @@ class EvalSection(Section):
 class Recipe(Section):
     model: ModelSection
     data: DataSection
+    task: TaskSection = Field(
+        default_factory=lambda: TASKS[DEFAULT_TASK].options(name=DEFAULT_TASK),
+        description="What the model learns to do; default: sequence classification.",
+    )
     method: MethodSection
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
@@ -228,9 +242,15 @@ class Recipe(Section):
     @model_validator(mode="before")
     @classmethod
     def _fill_method_defaults(cls, data: Any) -> Any:
-        """Default to full fine-tuning, and to the chosen method's own learning rate."""
+        """Default to sequence classification and full fine-tuning, and to the chosen method's own
+        learning rate."""
         if not isinstance(data, dict):
             return data
+        task = data.get("task")
+        if isinstance(task, str):  # `task: token_classification` names a task with default options
+            data["task"] = {"name": task}
+        elif isinstance(task, dict):
+            task.setdefault("name", DEFAULT_TASK)
         method = data.setdefault("method", {})
         if isinstance(method, dict):
             method.setdefault("name", "full")

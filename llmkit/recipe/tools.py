@@ -18,6 +18,7 @@ import yaml
 from llmkit.errors import LlmkitError
 from llmkit.recipe.loading import BASE_KEY, INPUT_PATH_KEYS, load_recipe
 from llmkit.recipe.schema import Recipe
+from llmkit.tasks import Task, task_for
 
 RECIPES_DIR = Path("recipes")
 SKIPPED_DIRS = ("benchmarks",)
@@ -203,17 +204,11 @@ def _check_checkpoint(recipe: Recipe) -> str | None:
     except (OSError, ValueError) as exc:
         raise ModelError(f"Cannot read {location.path}/config.json: {exc}") from exc
     model_type = str(config.get("model_type"))
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
-
-    if model_type not in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-        raise ModelError(
-            f"'{reference}' is a '{model_type}' model, which transformers cannot use for sequence "
-            "classification.",
-            hint="use an encoder such as BERT or a decoder such as GPT-2 or Llama",
-        )
+    task = task_for(recipe.task)
+    task.check_model_type(model_type, reference)
     targets = getattr(recipe.method, "target_modules", None)
     if isinstance(targets, list):
-        present = _linear_layer_names(location.path)
+        present = _linear_layer_names(location.path, task)
         absent = [name for name in targets if name not in present]
         if absent:
             raise ModelError(
@@ -224,14 +219,14 @@ def _check_checkpoint(recipe: Recipe) -> str | None:
     return None
 
 
-def _linear_layer_names(checkpoint_dir: str) -> set[str]:
+def _linear_layer_names(checkpoint_dir: str, task: Task) -> set[str]:
     """Linear layer names of a checkpoint's architecture, built on the meta device (no weights)."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
     from transformers.pytorch_utils import Conv1D
 
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(checkpoint_dir))
+        model = task.auto_model_class().from_config(AutoConfig.from_pretrained(checkpoint_dir))
     return {
         name.rsplit(".", 1)[-1]
         for name, module in model.named_modules()
@@ -242,12 +237,10 @@ def _linear_layer_names(checkpoint_dir: str) -> set[str]:
 def _check_data(recipe: Recipe) -> str:
     import datasets
 
-    from llmkit.data.loading import load_splits
-    from llmkit.metrics import MetricSuite
-
     datasets.disable_progress_bars()  # a validation report, not a progress display
-    labelled = load_splits(recipe.data, seed=recipe.train.seed)
-    MetricSuite.for_recipe(recipe.eval, labelled.label_names)
+    task = task_for(recipe.task)
+    labelled = task.load_splits(recipe.data, seed=recipe.train.seed)
+    task.check_metrics(recipe.eval, labelled.label_names)
     rows = ", ".join(f"{split} {len(dataset)}" for split, dataset in labelled.splits.items())
     return f"data: {rows} rows; labels: {', '.join(labelled.label_names)}"
 

@@ -50,10 +50,9 @@ def flops_per_example(model: Any, method: Any, lengths: Iterable[int]) -> float:
     """Mean training FLOPs per example (forward and backward) over examples of these lengths."""
     weights = per_token_weights(model)
     layers, width = attention_width(_config(model))
-    weight_passes = 6 if method.name == "full" else 4
-    virtual = getattr(method, "num_virtual_tokens", 0)
-    extra_tokens = virtual if method.name == "prompt" else 0
-    extra_context = virtual if method.name == "prefix" else 0
+    weight_passes = 6 if method.trains_base_weights else 4
+    extra_tokens = method.virtual_tokens if method.virtual_tokens_in_input else 0
+    extra_context = 0 if method.virtual_tokens_in_input else method.virtual_tokens
     total, count = 0.0, 0
     for length in lengths:
         tokens = length + extra_tokens

@@ -1,5 +1,6 @@
 """Trainer assembly: the recipe's training knobs as TrainingArguments, one Trainer for every
-method, and the callbacks that write the run's step log."""
+method and task (the task supplies the collator and the metrics), and the callbacks that write the
+run's step log."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
@@ -34,10 +34,10 @@ class TrainingDiverged(LlmkitError):
 
 if TYPE_CHECKING:
     from datasets import Dataset
-    from transformers import EvalPrediction, PreTrainedTokenizerBase, TrainerControl, TrainerState
+    from transformers import PreTrainedTokenizerBase, TrainerControl, TrainerState
 
-    from llmkit.metrics import MetricSuite
     from llmkit.recipe.schema import Recipe
+    from llmkit.tasks import Task
 
 
 class ShuffledLengthGroupedSampler(LengthGroupedSampler):
@@ -130,7 +130,12 @@ class StepLog(TrainerCallback):
 
 
 class QuietProgress(ProgressCallback):
-    """Progress bars, plus one line per evaluation; step logs go to log.jsonl, not the terminal."""
+    """Progress bars, plus one line per evaluation with the task's metrics; step logs go to
+    log.jsonl, not the terminal."""
+
+    def __init__(self, metric_names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.metric_names = ("loss", *metric_names)
 
     def on_log(
         self,
@@ -145,7 +150,7 @@ class QuietProgress(ProgressCallback):
         shown = "  ".join(
             f"{k.removeprefix('eval_')} {v:.4f}"
             for k, v in logs.items()
-            if k.removeprefix("eval_") in ("loss", "accuracy", "f1")
+            if k.removeprefix("eval_") in self.metric_names
         )
         message = f"epoch {state.epoch or 0:.2f}  validation  {shown}"
         if self.training_bar is not None:
@@ -211,40 +216,23 @@ def build_trainer(
     tokenizer: PreTrainedTokenizerBase,
     train_dataset: Dataset,
     eval_dataset: Dataset,
-    metrics: MetricSuite,
+    task: Task,
+    label_names: list[str],
     output_dir: Path,
     log_path: Path,
     plan: BatchPlan,
 ) -> LlmkitTrainer:
-    def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        per_example = np.asarray(prediction.predictions)  # columns: predicted label, loss
-        scores = metrics.compute(per_example[:, 0].astype("int64"), prediction.label_ids)
-        # Returned as "loss", this replaces Trainer's eval loss, a mean of per-batch means that
-        # counts the examples the distributed sampler repeats to pad the last batch.
-        return {**scores, "loss": float(per_example[:, 1].mean())}
-
     trainer = LlmkitTrainer(
         model=model,
         args=training_arguments(recipe, output_dir, plan),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
-        preprocess_logits_for_metrics=_label_and_loss,
+        data_collator=task.collator(tokenizer, model),
+        compute_metrics=task.compute_metrics(recipe.eval, label_names),
+        preprocess_logits_for_metrics=task.logits_for_metrics(),
         callbacks=[StepLog(log_path)],
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(QuietProgress())
+    trainer.add_callback(QuietProgress(task.metric_names(recipe.eval)))
     return trainer
-
-
-def _label_and_loss(logits: Any, labels: Any) -> Any:
-    """Per example: the predicted label and its cross-entropy loss.
-
-    Kept per example so that gathering across processes can drop the padding duplicates exactly;
-    storing every logit for a large eval set would cost memory for nothing."""
-    if isinstance(logits, tuple):
-        logits = logits[0]
-    losses = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-    return torch.stack([logits.argmax(dim=-1).to(losses.dtype), losses], dim=1)

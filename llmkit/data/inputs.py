@@ -1,0 +1,98 @@
+"""Input files of trained runs (`llmkit evaluate --data`, `llmkit predict`), read with the reader
+and the reader options training used, so a file parses the same way in every command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmkit.errors import DataError
+from llmkit.recipe.schema import DATA_FILE_FORMATS, DataSection
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+STDIN = "-"
+
+
+def read_table(path: Path, data: DataSection, required: list[str], hint: str) -> Dataset:
+    """A data file read with the run's reader options (delimiter, quoting, encoding)."""
+    from llmkit.data.loading import read_file  # the reader training used, so files parse alike
+
+    if not path.is_file():
+        raise DataError(f"Input file '{path}' does not exist.")
+    if path.suffix.lower() not in DATA_FILE_FORMATS:
+        raise DataError(
+            f"'{path}' has an unknown extension.", hint=f"use one of: {', '.join(sorted(DATA_FILE_FORMATS))}"
+        )
+    dataset = read_file(path, data)
+    missing = [column for column in required if column not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"'{path}' has no column {', '.join(repr(c) for c in missing)}; its columns are: "
+            f"{', '.join(dataset.column_names)}.",
+            hint=hint,
+        )
+    return dataset
+
+
+def read_labelled_file(path: Path, data: DataSection, label_names: list[str]) -> Dataset:
+    """A labelled file with `labels` as the ids the model was trained with (not ids derived from
+    this file's own label set, which may lack some classes), capped at data.max_eval_samples."""
+    from llmkit.data.loading import encode_labels
+
+    dataset = read_table(
+        path,
+        data,
+        [*data.text_columns, data.label_column],
+        hint=f"the run reads text from {_names(data.text_columns)} and labels from '{data.label_column}': "
+        "rename the file's columns, or override data.text_columns / data.label_column",
+    )
+    ids: dict[Any, int] = {name: index for index, name in enumerate(label_names)}
+    if data.label_names is not None:  # the training data wrote ids 0..n-1; accept them and names
+        ids.update({index: index for index in range(len(label_names))})
+    encoded = encode_labels(dataset, data, ids, len(label_names), f"'{path}'")
+    cap = data.max_eval_samples
+    return encoded.select(range(cap)) if cap is not None and len(encoded) > cap else encoded
+
+
+def read_unlabelled(source: str, data: DataSection, id_column: str | None) -> Dataset:
+    """Texts to classify: a data file with the run's text columns, or `-` for one text per line
+    on standard input (blank lines skipped)."""
+    from datasets import Dataset
+
+    if source == STDIN:
+        if len(data.text_columns) != 1:
+            raise DataError(
+                f"This run classifies text pairs ({_names(data.text_columns)}); standard input gives one "
+                "text per line.",
+                hint="pass a csv, tsv or jsonl file with both columns as --input",
+            )
+        lines = [line.rstrip("\r\n") for line in sys.stdin]
+        texts = [line for line in lines if line.strip()]
+        if not texts:
+            raise DataError("Standard input holds no text.", hint="give one text per line")
+        return Dataset.from_dict({data.text_columns[0]: texts})
+    required = [*data.text_columns, *([id_column] if id_column else [])]
+    dataset = read_table(
+        Path(source),
+        data,
+        required,
+        hint=f"the run reads text from {_names(data.text_columns)}: rename the file's column(s), or "
+        "pass data.text_columns=NAME"
+        + (f"; --id-column {id_column} names a column the file lacks" if id_column else ""),
+    )
+    for column in data.text_columns:
+        empty = [i + 1 for i, text in enumerate(dataset[column]) if text is None]
+        if empty:
+            raise DataError(f"'{source}' has rows with no '{column}' text (data rows {_rows(empty)}).")
+    return dataset
+
+
+def _names(columns: list[str]) -> str:
+    return ", ".join(f"'{c}'" for c in columns)
+
+
+def _rows(rows: list[int]) -> str:
+    return ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")

@@ -1,0 +1,18 @@
+"""Counting a (possibly wrapped) model's parameters, as results.json and `--dry-run` report them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def base_model(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def parameter_counts(model: Any) -> dict[str, Any]:
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total, "trainable_percent": round(100 * trainable / total, 4)}

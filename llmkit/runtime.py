@@ -1,0 +1,30 @@
+"""Process-wide setup shared by every command: the distributed state and quiet libraries (the
+versions a run records are llmkit/versions.py's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def distributed_state() -> Any:
+    """The process group accelerate's launcher set up (or a single process when not launched).
+
+    Without CUDA the processes train on CPU over gloo; Trainer's `use_cpu` says the same, so the
+    state it builds later is this one."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def quiet_libraries() -> None:
+    import warnings
+
+    import datasets
+    import transformers
+
+    # PEFT 0.21 calls a transformers method that transformers 5 deprecates; nothing for users to do.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # weight-loading bars; Trainer keeps its own
+    datasets.logging.set_verbosity_error()

@@ -1,0 +1,204 @@
+"""The task registry: a task is an options schema (the recipe's `task:` section) plus a `Task`
+class that owns everything the task decides, from the auto model class to what `predict` writes.
+
+Every task shares one pipeline (recipe -> data -> model -> method -> trainer -> run directory) and
+every command; they differ only in the `Task` methods below. Adding a task means adding one module
+that calls `register_task` and one row of tests; every registered method then works with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from datasets import Dataset
+    from rich.console import Console
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from llmkit.data.loading import LabelledSplits
+    from llmkit.models.traits import ModelTraits
+    from llmkit.recipe.schema import DataSection, EvalSection
+
+
+class TaskOptions(BaseModel):
+    """Options common to every task; subclasses add their own and fix `name`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    summary: ClassVar[str]
+
+
+class TaskReport:
+    """What `llmkit evaluate` shows beyond the metrics (per-class scores, confusions...)."""
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def print(self, console: Console) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class TaskEvaluation:
+    metrics: dict[str, float]  # "loss" and the task's metric names, as in results.json
+    rows: int
+    report: TaskReport
+
+
+class Task:
+    """One task's decisions. Instances hold the recipe's `task:` options; methods that need other
+    recipe sections take them as arguments, so a task is built from a finished run's recipe too."""
+
+    # PEFT's TaskType name: the PeftModel class that feeds virtual tokens and labels.
+    peft_task_type: ClassVar[str]
+
+    def __init__(self, options: TaskOptions) -> None:
+        self.options = options
+
+    # ---------------------------------------------------------------- model
+    def auto_model_class(self) -> Any:
+        """The transformers auto class (AutoModelFor...) that builds the task's model."""
+        raise NotImplementedError
+
+    def check_model_type(self, model_type: str, reference: str) -> None:
+        """Raise ModelError when transformers has no model of this type for the task."""
+        raise NotImplementedError
+
+    def adapt_model(self, model: PreTrainedModel, traits: ModelTraits) -> None:
+        """Adjust a freshly loaded model (e.g. hooks) before any method wraps it."""
+
+    # ---------------------------------------------------------------- data
+    def load_splits(self, data: DataSection, seed: int) -> LabelledSplits:
+        """The recipe's train/validation(/test) splits with targets, checked."""
+        raise NotImplementedError
+
+    def read_labelled_file(self, path: Path, data: DataSection, label_names: list[str]) -> Dataset:
+        """A labelled file (`llmkit evaluate --data`) with targets as the run's label ids."""
+        raise NotImplementedError
+
+    def read_unlabelled(self, source: str, data: DataSection, id_column: str | None) -> Dataset:
+        """Inputs for `llmkit predict`: a file, or `-` for standard input."""
+        raise NotImplementedError
+
+    def tokenize(
+        self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataSection, split: str
+    ) -> Dataset:
+        """Model inputs and aligned targets, unpadded (the collator pads each batch)."""
+        raise NotImplementedError
+
+    def collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Callable[[list[Any]], Any]:
+        """Pads a list of tokenised rows into a batch of tensors. `model` is the wrapped model, for
+        tasks whose targets depend on what the method adds (virtual tokens)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- metrics
+    def metric_names(self, evaluation: EvalSection) -> tuple[str, ...]:
+        """Names of the metrics reported besides `loss`, in order: results.json, the progress
+        line, `evaluate` and the bench all use these."""
+        raise NotImplementedError
+
+    def metric_label(self, name: str) -> str:
+        """How tables and messages name a metric (e.g. 'F1', 'entity F1')."""
+        return name
+
+    def check_metrics(self, evaluation: EvalSection, label_names: list[str]) -> None:
+        """Raise when the recipe's metric options do not fit the data's labels."""
+
+    def logits_for_metrics(self) -> Callable[[Any, Any], Any]:
+        """Trainer's `preprocess_logits_for_metrics`: what of each evaluation batch is kept."""
+        raise NotImplementedError
+
+    def compute_metrics(
+        self, evaluation: EvalSection, label_names: list[str]
+    ) -> Callable[[Any], dict[str, float]]:
+        """Trainer's `compute_metrics`: the kept outputs of a split to `loss` and the metrics."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- trained runs
+    def probe_batch(
+        self, tokenizer: PreTrainedTokenizerBase, data: DataSection, rows: Dataset | None, model: Any = None
+    ) -> dict[str, Any]:
+        """A small padded batch (tensors) for one forward pass: the check before training (from
+        `rows`, the first training rows, read but not tokenised) and `merge`'s comparison of the
+        adapter with the merged checkpoint (from built-in text when `rows` is None)."""
+        raise NotImplementedError
+
+    def evaluate(
+        self,
+        model: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        dataset: Dataset,
+        data: DataSection,
+        evaluation: EvalSection,
+        label_names: list[str],
+        batch_size: int,
+        precision: str,
+        split: str,
+    ) -> TaskEvaluation:
+        raise NotImplementedError
+
+    def predict(
+        self,
+        model: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        dataset: Dataset,
+        data: DataSection,
+        label_names: list[str],
+        batch_size: int,
+        precision: str,
+    ) -> Iterator[dict[str, Any]]:
+        """One output record per input row, in input order."""
+        raise NotImplementedError
+
+    def csv_columns(self, label_names: list[str]) -> list[str] | None:
+        """Flat columns for csv/tsv prediction output; None when only JSON lines fit."""
+        return None
+
+    def csv_values(self, record: dict[str, Any], label_names: list[str]) -> list[Any]:
+        """One `predict` record as the values of `csv_columns`."""
+        raise NotImplementedError
+
+    def describe_example(
+        self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, label_names: list[str]
+    ) -> list[str]:
+        """`--dry-run`'s lines showing one tokenised training row and its targets."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    options: type[TaskOptions]
+    task: type[Task]
+
+    def build(self, options: TaskOptions | None = None) -> Task:
+        return self.task(options if options is not None else self.options(name=self.name))
+
+
+TASKS: dict[str, TaskSpec] = {}
+DEFAULT_TASK = "sequence_classification"  # what a recipe without a task section trains
+
+
+def register_task(options: type[TaskOptions], task: type[Task]) -> None:
+    name = options.model_fields["name"].default
+    if not isinstance(name, str):
+        raise TypeError(f"{options.__name__}.name needs a Literal default naming the task")
+    if name in TASKS:
+        raise ValueError(f"a task named {name!r} is registered already ({TASKS[name].options.__name__})")
+    TASKS[name] = TaskSpec(name=name, options=options, task=task)
+
+
+def get_task(name: str) -> TaskSpec:
+    return TASKS[name]
+
+
+def task_for(options: TaskOptions | None = None) -> Task:
+    """The task a recipe's `task:` section names (sequence classification when None)."""
+    return get_task(options.name if options is not None else DEFAULT_TASK).build(options)
