@@ -128,7 +128,7 @@ def finetune(
         if dry_run:
             from llmkit import dryrun
 
-            typer.echo(dryrun.describe(dryrun.dry_run(resolved)))
+            typer.echo(dryrun.describe(dryrun.dry_run(resolved, num_processes or 1)))
             return
         if (num_processes or accelerate_config) and not launched_by_accelerate():
             # The recipe was checked above, so a mistake is reported once, not by every process.
@@ -154,6 +154,7 @@ def finetune(
 RunDirArgument = Annotated[
     Path, typer.Argument(help="A run directory written by `llmkit finetune`.", show_default=False)
 ]
+OverwriteFileOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --output file.")]
 BatchSizeOption = Annotated[
     int | None,
     typer.Option(
@@ -196,6 +197,7 @@ def evaluate(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the JSON report here.")
     ] = None,
+    overwrite: OverwriteFileOption = False,
     batch_size: BatchSizeOption = None,
     model: Annotated[
         Path | None,
@@ -210,24 +212,33 @@ def evaluate(
     metrics and loss (on the run's validation split, exactly those in results.json), per-class
     precision/recall/F1 and the confusion matrix."""
     with user_errors(debug):
-        import json
-
         from llmkit.evaluation import evaluate_run, print_evaluation
+        from llmkit.fsutil import check_output_file, dumps, write_or_rescue
 
+        if output is not None:  # checked before the work, which is then never lost to it
+            inputs = [path for path in (data, model) if path is not None]
+            check_output_file(output, overwrite, "report file", inputs, example="report.json")
         result = evaluate_run(run_dir, data, overrides or [], split.value, batch_size, model)
-        report = json.dumps(result.to_json(), indent=2)
-        if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(report + "\n", encoding="utf-8")
+        report = dumps(result.to_json(), indent=2)
         if output_format is ReportFormat.json:
             typer.echo(report)
         else:
             print_evaluation(result)
+        if output is not None:
+            write_or_rescue(output, report + "\n", "evaluation report")
 
 
 @app.command()
 def predict(
     run_dir: RunDirArgument,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="data.KEY=VALUE overrides of how the input is read, e.g. data.text_columns=review.",
+            show_default=False,
+        ),
+    ] = None,
+    *,
     input_file: Annotated[
         str,
         typer.Option(
@@ -250,6 +261,7 @@ def predict(
             "--id-column", help="Input column copied to each output row (default: 'id', if present)."
         ),
     ] = None,
+    overwrite: OverwriteFileOption = False,
     batch_size: BatchSizeOption = None,
     debug: DebugOption = False,
 ) -> None:
@@ -258,7 +270,9 @@ def predict(
     with user_errors(debug):
         from llmkit.prediction import predict_to_file
 
-        count = predict_to_file(run_dir, input_file, output, id_column, batch_size)
+        count = predict_to_file(
+            run_dir, input_file, output, id_column, batch_size, overrides or [], overwrite
+        )
         if output is not None:
             typer.echo(f"predicted {count} rows: {output}", err=True)
 

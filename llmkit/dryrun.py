@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from llmkit.recipe.schema import Recipe
+from llmkit.training.batching import BatchPlan
 
 MB = 2**20
 
@@ -51,18 +52,21 @@ class DryRun:
     steps: int
     memory: MemoryEstimate
     output_dir_exists: bool
+    plan: BatchPlan
 
 
-def dry_run(recipe: Recipe) -> DryRun:
+def dry_run(recipe: Recipe, num_processes: int = 1) -> DryRun:
+    """What `finetune` (in `num_processes` processes) would do, without training."""
     from llmkit.models.parameters import base_model, parameter_counts
     from llmkit.pipeline import prepare
 
+    plan = BatchPlan.for_recipe(recipe, num_processes)  # a batch the processes cannot share fails now
     prepared = prepare(recipe)
     train = prepared.splits["train"]
     lengths = [len(ids) for ids in train["input_ids"]]
     example = prepared.task.describe_example(train[0], prepared.tokenizer, prepared.label_names)
-    steps_per_epoch, steps = training_steps(recipe, len(train))
-    micro_batch = min(recipe.train.micro_batch_size or recipe.train.batch_size, len(train))
+    steps_per_epoch, steps = training_steps(recipe, len(train), plan)
+    micro_batch = min(plan.micro_batch_size, len(train))
     tokens = max(lengths) + recipe.method.virtual_tokens
     output_dir = Path(recipe.output_dir) if recipe.output_dir is not None else None
     return DryRun(
@@ -75,16 +79,16 @@ def dry_run(recipe: Recipe) -> DryRun:
         steps_per_epoch=steps_per_epoch,
         steps=steps,
         memory=estimate_memory(prepared.model, micro_batch, tokens),
+        plan=plan,
         output_dir_exists=output_dir is not None and output_dir.is_dir() and any(output_dir.iterdir()),
     )
 
 
-def training_steps(recipe: Recipe, train_rows: int) -> tuple[int, int]:
-    """Optimizer steps per epoch and in all for one process, counted as Trainer counts them."""
-    from llmkit.training.batching import BatchPlan
-
-    plan = BatchPlan.for_recipe(recipe, world_size=1)
-    batches = math.ceil(train_rows / plan.micro_batch_size)
+def training_steps(recipe: Recipe, train_rows: int, plan: BatchPlan) -> tuple[int, int]:
+    """Optimizer steps per epoch and in all, counted as Trainer counts them: each of the plan's
+    processes gets its share of the rows (the distributed sampler pads the last)."""
+    rows_per_process = math.ceil(train_rows / plan.world_size)
+    batches = math.ceil(rows_per_process / plan.micro_batch_size)
     per_epoch = max(math.ceil(batches / plan.accumulation_steps), 1)
     return per_epoch, recipe.train.max_steps or math.ceil(recipe.train.epochs * per_epoch)
 
@@ -122,11 +126,11 @@ def describe(result: DryRun) -> str:
     """The dry run as text: the resolved recipe (YAML), then what training would do."""
     recipe, params, memory = result.recipe, result.parameters, result.memory
     rows = ", ".join(f"{split} {count}" for split, count in result.rows.items())
-    micro = recipe.train.micro_batch_size or recipe.train.batch_size
-    accumulation = recipe.train.batch_size // micro
-    batching = f"batch {recipe.train.batch_size}" + (
-        f" (micro batch {micro} x {accumulation} accumulated)" if accumulation > 1 else ""
-    )
+    plan = result.plan
+    parts = [f"micro batch {plan.micro_batch_size}"]
+    parts += [f"{plan.world_size} processes"] if plan.world_size > 1 else []
+    parts += [f"{plan.accumulation_steps} accumulated"] if plan.accumulation_steps > 1 else []
+    batching = f"batch {recipe.train.batch_size}" + (f" ({' x '.join(parts)})" if len(parts) > 1 else "")
     lines = [
         "# resolved recipe",
         yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True).rstrip(),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import DataError, LlmkitError
-from llmkit.runs import load_model, read_run
+from llmkit.runs import check_data_overrides, load_model, read_run
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -50,8 +50,8 @@ def evaluate_run(
     checkpoint: Path | None = None,
 ) -> Evaluation:
     overrides = overrides or []
-    _check_data_overrides(overrides)
-    trained = read_run(run_dir, overrides)
+    check_data_overrides(overrides, "evaluate")
+    trained = read_run(run_dir, overrides, command="evaluate")
     recipe, task = trained.recipe, trained.task
     if data_file is not None:
         dataset = task.read_labelled_file(data_file, recipe.data, trained.label_names)
@@ -78,16 +78,6 @@ def evaluate_run(
         metrics=result.metrics,
         report=result.report,
     )
-
-
-def _check_data_overrides(overrides: list[str]) -> None:
-    others = [item for item in overrides if not item.startswith("data.")]
-    if others:
-        raise LlmkitError(
-            f"evaluate takes data overrides only; got {', '.join(others)}.",
-            hint="the model, method and training settings are the run's; choose the data with "
-            "data.KEY=VALUE (e.g. data.test_file=new.csv) or --data FILE",
-        )
 
 
 def _recipe_split(trained: TrainedRun, split: str) -> tuple[Dataset, str]:

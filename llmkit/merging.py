@@ -8,12 +8,12 @@ cannot be merged (their options' `merge_refusal`)."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import LlmkitError, RunDirectoryError
+from llmkit.fsutil import check_replaceable, replace_dir
 from llmkit.runs import load_model, read_run
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # Merged logits may differ from the adapter's by float rounding only; more means a broken merge.
 LOGIT_TOLERANCE = 1e-4
 
-T = TypeVar("T")
+MARKER_KIND = "merge"
 
 
 @dataclass
@@ -35,7 +35,7 @@ class MergeResult:
 
 
 def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> MergeResult:
-    trained = read_run(run_dir)
+    trained = read_run(run_dir, command="merge")
     method, task = trained.recipe.method.name, trained.task
     auto_class = task.auto_model_class().__name__
     refusal = trained.recipe.method.merge_refusal
@@ -45,10 +45,14 @@ def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> Merge
             hint=f"use the run as it is (llmkit predict {run_dir} ...), or load {trained.run.model_dir} "
             f"with peft.{auto_class.replace('AutoModel', 'AutoPeftModel')}",
         )
-    _check_output_dir(output_dir, run_dir, overwrite)
+    _check_output_dir(output_dir, run_dir, overwrite, trained.recipe.model.checkpoint)
     if not (trained.run.model_dir / "adapter_config.json").is_file():
         # Full fine-tuning (or any method that trains the weights themselves) saves a plain checkpoint.
-        _replace_dir(output_dir, lambda target: shutil.copytree(trained.run.model_dir, target))
+        replace_dir(
+            output_dir,
+            lambda target: shutil.copytree(trained.run.model_dir, target, dirs_exist_ok=True),
+            kind=MARKER_KIND,
+        )
         return MergeResult(
             method,
             output_dir,
@@ -71,7 +75,7 @@ def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> Merge
             )
         return difference
 
-    difference = _replace_dir(output_dir, save_and_check)
+    difference = replace_dir(output_dir, save_and_check, kind=MARKER_KIND)
     return MergeResult(
         method,
         output_dir,
@@ -81,34 +85,15 @@ def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> Merge
     )
 
 
-def _check_output_dir(output_dir: Path, run_dir: Path, overwrite: bool) -> None:
+def _check_output_dir(output_dir: Path, run_dir: Path, overwrite: bool, base: str) -> None:
+    """Before any work: the output is not the run or inside it, holds neither the run nor the
+    base checkpoint, and is new, empty, or an earlier merge (with --overwrite)."""
     if output_dir.resolve() == run_dir.resolve() or run_dir.resolve() in output_dir.resolve().parents:
         raise RunDirectoryError(
             f"'{output_dir}' is inside the run directory.", hint="write the merged model elsewhere"
         )
-    if output_dir.exists() and not output_dir.is_dir():
-        raise RunDirectoryError(f"'{output_dir}' exists and is not a directory.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise RunDirectoryError(
-            f"'{output_dir}' already exists.",
-            hint="pass --overwrite to replace it, or choose another directory",
-        )
-
-
-def _replace_dir(output_dir: Path, write: Callable[[Path], T]) -> T:
-    """Write (and check) in a sibling staging directory, then rename it into place: a merge that
-    fails or is killed leaves no directory that looks complete."""
-    staging = output_dir.with_name(f".{output_dir.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        result = write(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-        return result
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    inputs = [run_dir, *([Path(base)] if Path(base).exists() else [])]
+    check_replaceable(output_dir, overwrite, "output directory", MARKER_KIND, inputs)
 
 
 def _save(model: Any, tokenizer: Any, target: Path) -> None:

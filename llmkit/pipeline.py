@@ -5,16 +5,19 @@ task (sequence classification, token classification...) is asked of the recipe's
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import LlmkitError, RunDirectoryError
+from llmkit.fsutil import check_writable
+from llmkit.interrupts import Terminated, interrupted, stop_signals_raise
 from llmkit.recipe.schema import Recipe
 from llmkit.resume import check_resumable, checkpoint_step, resume_note
 from llmkit.rundir import RunDirectory, now
 from llmkit.runtime import distributed_state, quiet_libraries
-from llmkit.training.failures import explain_failure
+from llmkit.training.failures import check_finite, explain_failure
 
 if TYPE_CHECKING:
     from llmkit.tasks import Task
@@ -40,7 +43,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
 
     from llmkit.data.tokenize import sorted_by_length
     from llmkit.methods import get_method
-    from llmkit.models.checks import check_forward, check_positions
+    from llmkit.models.checks import check_forward, check_positions, check_tokenizer
     from llmkit.models.loading import load_classifier
     from llmkit.tasks import task_for
     from llmkit.training.precision import check_precision
@@ -55,6 +58,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     set_seed(recipe.train.seed)  # the new head and adapters start from the seed
     loaded = load_classifier(recipe.model.checkpoint, labelled.label_names, recipe.model.revision, task)
     check_positions(loaded.model.config, recipe)
+    check_tokenizer(loaded.tokenizer, labelled.splits["train"], recipe, task)
     model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
     check_forward(model, loaded.tokenizer, labelled.splits["train"], recipe, task, loaded.traits.model_type)
     tokenised = {
@@ -86,41 +90,65 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> d
     state = distributed_state()
     plan = BatchPlan.for_recipe(recipe, state.num_processes)
     checkpoint = None
+    run: RunDirectory | None = None
+    inputs = recipe_inputs(recipe)
     if resume and overwrite:
         raise LlmkitError("--resume continues a run and --overwrite replaces it; give one of them.")
-    if resume:
-        run = RunDirectory.open_unfinished(output_dir)
-        check_resumable(run, recipe)
-        checkpoint = latest_checkpoint(run.checkpoints_dir)
-        if checkpoint is None:
-            raise RunDirectoryError(
-                f"Cannot resume: '{output_dir}' has no complete checkpoint (the run stopped before "
-                "its first one was saved).",
-                hint="start over with --overwrite; train.checkpoint_every=N saves every N steps",
-            )
-        run.writes = state.is_main_process
-    else:
-        RunDirectory.check_available(output_dir, overwrite)
-    # The main process reads, tokenises and caches first; the others then reuse its caches.
-    with state.main_process_first():
-        prepared = prepare(recipe, show_progress=state.is_main_process)
-    if checkpoint is not None:
-        run.truncate_log(after_step=checkpoint_step(checkpoint))
-    elif state.is_main_process:
-        run = RunDirectory.create(output_dir, overwrite)
-        run.write_recipe(recipe.model_dump(mode="json"))
-    else:
-        run = RunDirectory(output_dir, writes=False)
-    state.wait_for_everyone()
+    try:
+        if resume:
+            # Only the main process of a multi-process run holds the run's lock.
+            run = RunDirectory.open_unfinished(output_dir, lock=state.is_main_process)
+            check_resumable(run, recipe)
+            checkpoint = latest_checkpoint(run.checkpoints_dir)
+            if checkpoint is None:
+                raise RunDirectoryError(
+                    f"Cannot resume: '{output_dir}' has no complete checkpoint (the run stopped before "
+                    "its first one was saved).",
+                    hint="start over with --overwrite; train.checkpoint_every=N saves every N steps",
+                )
+            if state.is_main_process:
+                check_writable(output_dir, "run directory")
+            run.writes = state.is_main_process
+        elif state.is_main_process:
+            RunDirectory.check_available(output_dir, overwrite, inputs)
+        # The main process reads, tokenises and caches first; the others then reuse its caches.
+        with state.main_process_first():
+            prepared = prepare(recipe, show_progress=state.is_main_process)
+        if run is not None and checkpoint is not None:
+            run.truncate_log(after_step=checkpoint_step(checkpoint))
+        elif state.is_main_process:
+            run = RunDirectory.create(output_dir, overwrite, inputs)
+            # Paths absolute, so the run's commands work from any directory.
+            run.write_recipe({**recipe.model_dump(mode="json"), "output_dir": str(output_dir.resolve())})
+        else:
+            run = RunDirectory(output_dir, writes=False)
+        state.wait_for_everyone()
+        return _run(prepared, run, checkpoint, plan)
+    finally:
+        if run is not None:
+            run.close()
+
+
+def recipe_inputs(recipe: Recipe) -> list[Path]:
+    """Files and directories the run reads, which its output may never replace."""
+    data = recipe.data
+    found = [Path(p) for p in (data.train_file, data.validation_file, data.test_file) if p is not None]
+    checkpoint = Path(recipe.model.checkpoint).expanduser()
+    return found + ([checkpoint] if checkpoint.exists() else [])
+
+
+def _run(prepared: Prepared, run: RunDirectory, checkpoint: Path | None, plan: Any) -> dict[str, Any]:
+    """Train in the prepared run directory, recording the outcome in status.json: completed, or
+    failed with the reason and the last checkpoint (Ctrl-C and SIGTERM included)."""
     run.set_status("running", started_at=now(), resumed_from=str(checkpoint) if checkpoint else None)
     try:
-        results = _train(prepared, run, checkpoint, plan)
-    except KeyboardInterrupt:
-        run.set_status("failed", reason="interrupted (Ctrl-C)", **resume_note(run))
-        raise
+        with stop_signals_raise():
+            results = _train(prepared, run, checkpoint, plan)
+    except (KeyboardInterrupt, Terminated) as exc:
+        raise interrupted(run, exc, record_failure) from None
     except Exception as exc:
-        failure = explain_failure(exc, run, recipe)
-        run.set_status("failed", reason=str(failure), **resume_note(run))
+        failure = explain_failure(exc, run, prepared.recipe)
+        record_failure(run, str(failure))
         if failure is exc:
             raise
         raise failure from exc
@@ -128,6 +156,13 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> d
     run.set_status("completed", finished_at=results["finished_at"])
     run.remove_checkpoints()  # only needed to resume an unfinished run
     return results
+
+
+def record_failure(run: RunDirectory, reason: str) -> None:
+    """status.json says failed, why, and the last checkpoint; an unwritable run directory keeps
+    what it has (the error raised says what went wrong)."""
+    with suppress(OSError):
+        run.set_status("failed", reason=reason, **resume_note(run))
 
 
 def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan: Any) -> dict[str, Any]:
@@ -169,7 +204,8 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     metrics = {"validation": _final_validation(trainer, names)}
     if "test" in splits:
         metrics["test"] = _strip(trainer.evaluate(splits["test"], metric_key_prefix="test"), "test", names)
-    run.save_model(lambda path: save_trained(trainer.model, prepared.tokenizer, prepared.label_names, path))
+    check_finite(trainer.model, metrics, recipe)
+    _save_model(run, lambda path: save_trained(trainer.model, prepared.tokenizer, prepared.label_names, path))
     if run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):
         run.checkpoints_dir.rmdir()
 
@@ -217,6 +253,26 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
         "parameters": parameter_counts(trainer.model),
         "versions": run_versions(),
     }
+
+
+def _save_model(run: RunDirectory, write: Any) -> None:
+    """The trained model into the run; if that fails this late, into a temporary directory
+    instead, so the training is not lost."""
+    import tempfile
+
+    try:
+        run.save_model(write)
+    except OSError as exc:
+        try:
+            rescued = Path(tempfile.mkdtemp(prefix="llmkit-rescued-model-"))
+            write(rescued)
+            kept = f"the trained model was saved to {rescued} instead"
+        except OSError:
+            kept = "it could not be saved elsewhere either"
+        raise RunDirectoryError(
+            f"Could not write the trained model to '{run.model_dir}' ({exc.strerror or exc}); {kept}.",
+            hint="check that the run directory is writable and has space",
+        ) from exc
 
 
 def _final_validation(trainer: Any, names: tuple[str, ...]) -> dict[str, float]:

@@ -5,7 +5,7 @@ input's id column."""
 from __future__ import annotations
 
 import csv
-import json
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +13,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 from llmkit.data.inputs import STDIN
 from llmkit.errors import DataError
-from llmkit.runs import load_model, read_run
+from llmkit.fsutil import check_output_file, dumps, write_or_rescue
+from llmkit.runs import check_data_overrides, load_model, read_run
 
 if TYPE_CHECKING:
     from llmkit.tasks import Task
@@ -28,11 +29,19 @@ def predict_to_file(
     output: Path | None = None,
     id_column: str | None = None,
     batch_size: int | None = None,
+    overrides: list[str] | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Predict every row of `source` (a file, or `-` for stdin) and write them to `output`
-    (jsonl, csv or tsv by extension; jsonl on stdout when None). Returns the number of rows."""
+    (jsonl, csv or tsv by extension; jsonl on stdout when None). Returns the number of rows.
+    The output is checked before any work: never the input, an existing file only with
+    `overwrite`, in a place that can be written."""
     output_format = _output_format(output)
-    trained = read_run(run_dir)
+    inputs = [Path(source)] if source != STDIN else []
+    if output is not None:
+        check_output_file(output, overwrite, "output file", inputs, example="predictions.jsonl")
+    check_data_overrides(overrides or [], "predict")
+    trained = read_run(run_dir, overrides, command="predict")
     task = trained.task
     if output_format != "jsonl" and task.csv_columns(trained.label_names) is None:
         raise DataError(
@@ -55,9 +64,9 @@ def predict_to_file(
     if output is None:
         _write(rows, sys.stdout, output_format, task, trained.label_names, key)
     else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with output.open("w", encoding="utf-8", newline="") as handle:
-            _write(rows, handle, output_format, task, trained.label_names, key)
+        text = io.StringIO(newline="")
+        _write(rows, text, output_format, task, trained.label_names, key)
+        write_or_rescue(output, text.getvalue(), "predictions")
     return len(rows)
 
 
@@ -92,7 +101,7 @@ def _write(
 ) -> None:
     if output_format == "jsonl":
         for record in rows:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.write(dumps(record, ensure_ascii=False) + "\n")
         return
     columns = task.csv_columns(label_names)
     assert columns is not None  # checked before predicting

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from llmkit.errors import RunDirectoryError
+from llmkit.errors import LlmkitError, RunDirectoryError
 from llmkit.recipe.schema import Recipe
 from llmkit.rundir import RECIPE_FILE, RunDirectory
 
@@ -31,12 +31,13 @@ class TrainedRun:
         return task_for(self.recipe.task)
 
 
-def read_run(path: Path, overrides: list[str] | None = None) -> TrainedRun:
-    """A completed run's recipe (with `KEY=VALUE` overrides) and label names, without the model."""
+def read_run(path: Path, overrides: list[str] | None = None, command: str = "this command") -> TrainedRun:
+    """A completed run's recipe (with `KEY=VALUE` overrides) and label names, without the model;
+    `command` names the command for messages about a run that is not complete."""
     from llmkit.models.loading import LABELS_FILE
     from llmkit.recipe.loading import apply_overrides
 
-    run = RunDirectory.open(path)
+    run = RunDirectory.open(path, command)
     recipe_path = run.path / RECIPE_FILE
     try:
         tree = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
@@ -50,6 +51,17 @@ def read_run(path: Path, overrides: list[str] | None = None) -> TrainedRun:
         raise RunDirectoryError(f"'{recipe_path}' does not hold a recipe.")
     recipe = apply_overrides(tree, overrides or [], str(recipe_path))
     return TrainedRun(run=run, recipe=recipe, label_names=list(label_names))
+
+
+def check_data_overrides(overrides: list[str], command: str) -> None:
+    """`evaluate` and `predict` change only how data is read; the model is the run's."""
+    others = [item for item in overrides if not item.startswith("data.")]
+    if others:
+        raise LlmkitError(
+            f"{command} takes data overrides only; got {', '.join(others)}.",
+            hint="the model, method and training settings are the run's; choose the data with "
+            "data.KEY=VALUE (e.g. data.test_file=new.csv or data.text_columns=review)",
+        )
 
 
 def load_model(trained: TrainedRun, checkpoint: Path | None = None) -> LoadedModel:

@@ -79,6 +79,7 @@ def test_two_processes_count_every_validation_example_once(
     run_dir = outputs / "run"
     assert [p.name for p in outputs.iterdir()] == ["run"]  # the other process wrote nothing else
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".llmkit",  # the marker and lock file, held by the main process only
         "log.jsonl",
         "model",
         "recipe.yaml",

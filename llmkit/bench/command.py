@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,12 @@ from llmkit.bench.report import (
 )
 from llmkit.bench.runner import Echo, RunRecord, execute, reset_peak_memory
 from llmkit.errors import LlmkitError
+from llmkit.fsutil import MARKER, check_replaceable, clear_dir
 from llmkit.rundir import now
+from llmkit.runlock import RunLock, check_not_in_use
 from llmkit.versions import run_versions
+
+BENCH_KIND = "bench"
 
 
 @dataclass(frozen=True)
@@ -42,16 +47,26 @@ class BenchOutcome:
 
 
 def check_plan(plan: BenchPlan) -> None:
-    """Everything that can be checked without training: data files and checkpoints exist, and the
-    peer script can train what its runs' recipes describe."""
+    """Everything that can be checked without training: every run's data files read as its recipe
+    reads them (encoding, fields, columns, labels), checkpoints exist, and the peer script can train
+    what its runs' recipes describe. Problems are input errors (exit 2), found before any run."""
     from llmkit.models.checkpoint import locate_checkpoint
 
     problems = []
+    checked: dict[str, str | None] = {}  # runs sharing data are read once
     for run in _first_of_each(plan):
         data = run.recipe.data
-        for file in (data.train_file, data.validation_file, data.test_file):
-            if file is not None and not Path(file).is_file():
-                problems.append(f"run {run.name}: data file '{file}' does not exist")
+        absent = [
+            file for file in (data.train_file, data.validation_file, data.test_file)
+            if file is not None and not Path(file).is_file()
+        ]  # fmt: skip
+        problems += [f"run {run.name}: data file '{file}' does not exist" for file in absent]
+        if not absent:
+            key = data.model_dump_json() + str(run.recipe.train.seed)
+            if key not in checked:
+                checked[key] = _data_problem(run)
+            if checked[key] is not None:
+                problems.append(f"run {run.name}: {checked[key]}")
         try:
             locate_checkpoint(run.recipe.model.checkpoint)
         except LlmkitError as exc:
@@ -70,6 +85,16 @@ def check_plan(plan: BenchPlan) -> None:
             )
     if problems:
         raise LlmkitError(f"{plan.path}: the bench cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _data_problem(run: PlannedRun) -> str | None:
+    from llmkit.data.loading import load_splits
+
+    try:
+        load_splits(run.recipe.data, seed=run.recipe.train.seed)
+    except LlmkitError as exc:
+        return str(exc)
+    return None
 
 
 def describe_plan(plan: BenchPlan) -> str:
@@ -127,8 +152,14 @@ def describe_plan(plan: BenchPlan) -> str:
 def run_bench(plan: BenchPlan, overwrite: bool, baseline_path: Path | None, echo: Echo) -> BenchOutcome:
     baseline = read_baseline(baseline_path) if baseline_path is not None else None
     check_plan(plan)
+    with _prepared_output(plan, overwrite):
+        return _run_bench(plan, baseline, baseline_path, echo)
+
+
+def _run_bench(
+    plan: BenchPlan, baseline: dict[str, Any] | None, baseline_path: Path | None, echo: Echo
+) -> BenchOutcome:
     output_dir = plan.output_dir
-    _prepare_output(output_dir, overwrite)
     started, started_at = time.perf_counter(), now()
     meta: dict[str, Any] = {
         "name": plan.name,
@@ -237,23 +268,29 @@ def _model_shown(run: PlannedRun) -> str:
     return location.path
 
 
-def _prepare_output(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise LlmkitError(f"Bench output path '{output_dir}' exists and is not a directory.")
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise LlmkitError(
-                f"Bench output directory '{output_dir}' already exists.",
-                hint="pass --overwrite to replace it, or --output-dir DIR to write elsewhere",
-            )
-        if not (output_dir / JSON_FILE).is_file() and not (output_dir / "runs").is_dir():
-            # --overwrite replaces an earlier bench, never a directory that merely is in the way.
-            raise LlmkitError(
-                f"'{output_dir}' is not the output of an earlier bench, so --overwrite does not replace it.",
-                hint="give --output-dir a new or empty directory",
-            )
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def _prepared_output(plan: BenchPlan, overwrite: bool) -> Iterator[None]:
+    """The output directory, new or emptied (only an earlier bench's, with --overwrite; never one
+    holding the bench's inputs), locked for this bench while it runs."""
+    output_dir = plan.output_dir
+    inputs = [plan.path, *{run.recipe_file for run in plan.runs}]
+    inputs += [
+        Path(file)
+        for run in plan.runs
+        for file in (run.recipe.data.train_file, run.recipe.data.validation_file, run.recipe.data.test_file)
+        if file is not None
+    ]
+    what, hint = (
+        "bench output directory",
+        "pass --overwrite to replace it, or --output-dir DIR to write elsewhere",
+    )
+    if output_dir.is_dir():
+        check_not_in_use(output_dir)
+    check_replaceable(output_dir, overwrite, what, BENCH_KIND, inputs, exists_hint=hint)
+    with RunLock.acquire(output_dir, kind=BENCH_KIND):
+        check_replaceable(output_dir, overwrite, what, BENCH_KIND, inputs, exists_hint=hint)
+        clear_dir(output_dir, keep=[MARKER])
+        yield
 
 
 def _peak_memory_meaning(reset: bool) -> str:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from llmkit.bench.schema import Bench, Expectations, LlmkitRun, PeerRun, Tolerances
 from llmkit.errors import LlmkitError
 from llmkit.recipe.loading import (
+    CHECKPOINT_KEY,
     CLI,
     INPUT_PATH_KEYS,
     KeyPath,
@@ -28,10 +29,12 @@ from llmkit.recipe.loading import (
     parse_overrides,
     read_recipe_tree,
     read_yaml_file,
+    resolve_path_value,
 )
 from llmkit.recipe.schema import Recipe
 
 RECIPE_SECTIONS = ("model", "data", "method", "train", "eval")
+PATH_KEYS = (*INPUT_PATH_KEYS, CHECKPOINT_KEY)  # relative to the bench file
 RUNS_DIR = "runs"
 
 
@@ -287,8 +290,7 @@ def _resolve(
             keys = tuple(dotted.split("."))
             if not all(keys):
                 raise LlmkitError(f"[{path}:{lines.get(where)}] override key '{dotted}' is not a dotted key")
-            if keys in INPUT_PATH_KEYS and isinstance(value, str):
-                value = str((path.parent / Path(value).expanduser()).resolve())
+            value = resolve_path_value(keys, value, path.parent) if keys in PATH_KEYS else value
             tree = deep_merge(tree, _nest(keys, value))
             sources[keys] = f"{path}:{lines.get((*where, dotted), lines.get(where))}"
     if seed is not None:

@@ -5,10 +5,10 @@ person reads)."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
+from llmkit import fsutil
 from llmkit.bench.aggregate import RunSummary, Stat
 from llmkit.bench.checks import Regression
 
@@ -16,9 +16,7 @@ JSON_FILE, CSV_FILE, MARKDOWN_FILE = "bench.json", "bench.csv", "bench.md"
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
-    temporary.replace(path)  # a reader never sees half a file, even while the bench still runs
+    fsutil.write_json(path, document)  # a reader never sees half a file, even while the bench runs
 
 
 CSV_LEADING = ("run", "kind", "task", "model", "method", "train_rows", "epochs", "seeds", "failed_seeds")

@@ -20,9 +20,9 @@ def read_table(path: Path, data: DataSection, required: list[str], hint: str) ->
     """A data file read with the run's reader options (delimiter, quoting, encoding)."""
     from llmkit.data.loading import read_file  # the reader training used, so files parse alike
 
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"Input file '{path}' does not exist.")
-    if path.suffix.lower() not in DATA_FILE_FORMATS:
+    if path.suffix.lower() not in DATA_FILE_FORMATS and not path.is_dir():
         raise DataError(
             f"'{path}' has an unknown extension.", hint=f"use one of: {', '.join(sorted(DATA_FILE_FORMATS))}"
         )
@@ -79,8 +79,8 @@ def read_unlabelled(source: str, data: DataSection, id_column: str | None) -> Da
         Path(source),
         data,
         required,
-        hint=f"the run reads text from {_names(data.text_columns)}: rename the file's column(s), or "
-        "pass data.text_columns=NAME"
+        hint=f"the run reads text from {_names(data.text_columns)}: rename the file's column(s), or add "
+        "data.text_columns=NAME to the predict command (NAME: the file's column holding the text)"
         + (f"; --id-column {id_column} names a column the file lacks" if id_column else ""),
     )
     for column in data.text_columns:

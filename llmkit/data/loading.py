@@ -5,14 +5,15 @@ from __future__ import annotations
 import csv
 import math
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmkit.errors import DataError
-from llmkit.recipe.schema import DataSection
+from llmkit.recipe.schema import DATA_FILE_FORMATS, DataSection
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -96,22 +97,23 @@ def _read_files(data: DataSection) -> dict[str, Dataset]:
 
 
 def read_file(path: Path, data: DataSection) -> Dataset:
+    """One data file, read with the recipe's reader options and checked row by row: every text
+    column holds text and every label is a single value, so a bad row is reported now, with its
+    file, row and column, not once the model has loaded."""
     from datasets import load_dataset
 
-    if not path.is_file():
-        raise DataError(
-            f"Data file '{path}' does not exist.",
-            hint="paths in a recipe are relative to the recipe file; on the command line, to the "
-            "current directory",
-        )
+    _check_is_data_file(path)
     file_format = data.file_format(path)
     options: dict[str, Any] = {}
     if file_format == "csv":
+        encoding = "utf-8-sig" if data.encoding.lower().replace("_", "-") == "utf-8" else data.encoding
+        quoting = _quoting(path, data, encoding)
+        _check_header(path, data, encoding, quoting)
         options = {
             "sep": data.field_delimiter(path),
-            "quoting": csv.QUOTE_NONE if data.quoting == "none" else csv.QUOTE_MINIMAL,
+            "quoting": quoting,
             # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark some editors write.
-            "encoding": "utf-8-sig" if data.encoding.lower().replace("_", "-") == "utf-8" else data.encoding,
+            "encoding": encoding,
             # Text stays text: no 'NA'/'null' sentences turned into missing values, no numbers.
             "keep_default_na": False,
             "converters": {column: str for column in data.text_columns},
@@ -123,7 +125,131 @@ def read_file(path: Path, data: DataSection) -> Dataset:
         raise _read_error(exc, path, data) from exc
     if len(dataset) == 0:
         raise DataError(f"'{path}' has no rows.")
+    _check_values(dataset, data, path)
     return dataset
+
+
+def _check_is_data_file(path: Path) -> None:
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix.lower() in DATA_FILE_FORMATS)
+        raise DataError(
+            f"'{path}' is a directory, not a data file.",
+            hint=f"give one of the files in it: {', '.join(inside[:5])}"
+            if inside
+            else "give the path of a csv, tsv, json, jsonl or parquet file",
+        )
+    if not path.is_file():
+        raise DataError(
+            f"Data file '{path}' does not exist.",
+            hint="paths in a recipe are relative to the recipe file; on the command line, to the "
+            "current directory",
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"'{path}' is empty: it has no header and no rows.", hint=_header_note(path))
+
+
+def _header_note(path: Path) -> str:
+    note = "a delimited file starts with a header row naming its columns, then one row per example"
+    if path.suffix.lower() == ".txt":
+        note = "a .txt file is read as comma-separated values: " + note
+    return note
+
+
+def _quoting(path: Path, data: DataSection, encoding: str) -> Literal[0, 3]:
+    """The csv quoting mode to read `path` with. TSV as a format has no quoting (GLUE's files hold
+    literal quote characters), so `auto` reads a tab-separated file without quote processing
+    unless that breaks its rows (a quoted field holding a tab or a line break), and says so."""
+    if data.quoting != "auto":
+        return csv.QUOTE_NONE if data.quoting == "none" else csv.QUOTE_MINIMAL
+    if data.field_delimiter(path) != "\t":
+        return csv.QUOTE_MINIMAL
+    try:
+        with path.open(encoding=encoding, newline="") as handle:
+            widths = {len(row) for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if row}
+    except (UnicodeDecodeError, csv.Error):
+        widths = set()  # the reader reports the problem with its line
+    chosen = "none" if len(widths) <= 1 else "minimal"
+    reason = "every row has the header's fields" if chosen == "none" else "a quoted field spans tabs or lines"
+    print(f"data.quoting auto: reading '{path}' with quoting {chosen} ({reason})", file=sys.stderr)
+    return csv.QUOTE_NONE if chosen == "none" else csv.QUOTE_MINIMAL
+
+
+def _check_header(path: Path, data: DataSection, encoding: str, quoting: Literal[0, 3]) -> None:
+    """The header names each column once, and at least one data row follows it."""
+    try:
+        with path.open(encoding=encoding, newline="") as handle:
+            rows = csv.reader(
+                handle,
+                delimiter=data.field_delimiter(path),
+                quoting=quoting,
+            )
+            header = next(rows, [])
+            first = next((row for row in rows if row), None)
+    except (UnicodeDecodeError, csv.Error):
+        return  # reported with its line by the reader
+    seen: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if name in seen:
+            raise DataError(
+                f"'{path}' names the column {name!r} twice in its header (columns {seen[name]} and "
+                f"{position}).",
+                hint="rename one of them: a column is read by its name",
+            )
+        seen[name] = position
+    if first is None:
+        columns = ", ".join(header)
+        raise DataError(f"'{path}' has a header ({columns}) but no data rows.", hint=_header_note(path))
+
+
+def _check_values(dataset: Dataset, data: DataSection, path: Path) -> None:
+    """Text columns hold text, labels single values (a JSON file may hold numbers, objects, lists)."""
+    problems = []
+    for column in data.text_columns:
+        if column in dataset.column_names and not _is_scalar(
+            dataset.features[column], ("string", "large_string")
+        ):
+            bad = [
+                (row, value)
+                for row, value in enumerate(dataset[column], start=1)
+                if value is not None and not isinstance(value, str)
+            ]
+            problems += [f"data row {row}, column '{column}': {_kind(value)}, not text" for row, value in bad]
+    if data.label_column in dataset.column_names and not _is_scalar(dataset.features[data.label_column]):
+        bad = [
+            (row, value)
+            for row, value in enumerate(dataset[data.label_column], start=1)
+            if isinstance(value, list | dict)
+        ]
+        problems += [
+            f"data row {row}, column '{data.label_column}': {_kind(value)}, not a single label"
+            for row, value in bad
+        ]
+    if problems:
+        shown = "\n".join(f"  {p}" for p in problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+        raise DataError(
+            f"'{path}' has {len(problems)} value(s) of the wrong kind:\n{shown}",
+            hint="text columns hold strings and labels one string or integer each; fix those rows",
+        )
+
+
+def _is_scalar(feature: Any, dtypes: tuple[str, ...] | None = None) -> bool:
+    """A column type that holds only plain values (of `dtypes`), so no row needs looking at."""
+    from datasets import Value
+
+    return isinstance(feature, Value) and (dtypes is None or feature.dtype in dtypes)
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    text = json_preview(value)
+    return f"{names.get(type(value), type(value).__name__)} ({text})"
+
+
+def json_preview(value: Any) -> str:
+    import json
+
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @contextmanager
@@ -227,7 +353,10 @@ def _check_columns(dataset: Dataset, data: DataSection, where: str) -> None:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+    # A literal NaN (what pandas and spreadsheets write for an empty cell) is no label either.
+    if isinstance(value, str):
+        return value.strip().lower() in ("", "nan")
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _as_int(value: Any) -> int | None:
@@ -310,5 +439,35 @@ def _label_key(value: Any) -> Any:
 
 
 def _carve_validation(train: Dataset, data: DataSection, seed: int) -> dict[str, Dataset]:
+    """A seeded validation split with every label in the proportion train has it (stratified)."""
+    _check_carvable(train, data)
     parts = train.train_test_split(test_size=data.validation_fraction, seed=seed, stratify_by_column=LABELS)
     return {"train": parts["train"], "validation": parts["test"]}
+
+
+def _check_carvable(train: Dataset, data: DataSection) -> None:
+    """A stratified split needs two examples of each label (one to train on, one to validate) and
+    room for every label on both sides."""
+    from collections import Counter
+
+    names = train.features[LABELS].names
+    counts = Counter(train[LABELS])
+    where = f"the training data ({_describe_split(data, 'train')})"
+    fix = "give a validation file (data.validation_file), or add examples of those labels"
+    alone = sorted(names[label] for label, count in counts.items() if count < 2)
+    if alone:
+        raise DataError(
+            f"Cannot carve a validation split from {where}: label{'s' if len(alone) > 1 else ''} "
+            f"{', '.join(repr(a) for a in alone)} {'have' if len(alone) > 1 else 'has'} a single "
+            "example, and a stratified split needs at least two of each label (one to train on, one "
+            "to validate).",
+            hint=f"{fix} (or remove those rows)",
+        )
+    size = math.ceil(len(train) * data.validation_fraction)
+    if size < len(counts) or len(train) - size < len(counts):
+        raise DataError(
+            f"Cannot carve a validation split from {where}: data.validation_fraction "
+            f"{data.validation_fraction} of {len(train)} rows gives {size} validation rows, fewer than "
+            f"the {len(counts)} labels.",
+            hint=f"raise data.validation_fraction, or {fix}",
+        )

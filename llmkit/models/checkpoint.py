@@ -7,12 +7,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.errors import ModelError
+from llmkit.fsutil import replace_dir
 
 PACKAGE_PREFIX = "package:"
 
@@ -79,7 +78,21 @@ def _package_path(reference: str) -> Path:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
+    """Where converted checkpoints are kept ($LLMKIT_CACHE), checked writable before any work."""
+    from llmkit.fsutil import OutputError, check_writable
+
+    root = Path(os.environ.get("LLMKIT_CACHE", Path.home() / ".cache" / "llmkit"))
+    try:
+        if root.exists() and not root.is_dir():
+            raise OutputError(f"'{root}' is a file, not a directory.")
+        check_writable(root, "cache directory")
+    except OutputError as exc:
+        raise ModelError(
+            f"The llmkit cache '{root}' (LLMKIT_CACHE, for converted GGUF checkpoints) cannot be used: "
+            f"{exc.message}",
+            hint="set LLMKIT_CACHE to a directory you can write, or unset it (~/.cache/llmkit)",
+        ) from exc
+    return root
 
 
 def dequantised_checkpoint(gguf_file: Path) -> Path:
@@ -87,17 +100,8 @@ def dequantised_checkpoint(gguf_file: Path) -> Path:
     target = cache_root() / "gguf" / f"{gguf_file.stem}-{_file_digest(gguf_file)}"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        _convert_gguf(gguf_file, staging)
-        try:
-            os.replace(staging, target)  # atomic: a killed conversion never looks complete
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent conversion's result
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Atomic: a killed conversion never looks complete (a concurrent one gives the same files).
+    replace_dir(target, lambda staging: _convert_gguf(gguf_file, staging), kind=None)
     return target
 
 

@@ -55,3 +55,28 @@ def check_forward(
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_tokenizer(tokenizer: Any, train: Any, recipe: Recipe, task: Task) -> None:
+    """The tokenizer turns training text into real tokens. A checkpoint directory without its
+    tokenizer files still loads one (transformers builds it from the config, with a vocabulary of
+    special tokens only), which makes every word unknown: a model trained on that learns nothing."""
+    rows = train.select(range(min(16, len(train))))
+    encoded = task.probe_batch(tokenizer, recipe.data, rows)
+    ids, mask = encoded["input_ids"], encoded.get("attention_mask")
+    tokens = ids[mask.bool()] if mask is not None else ids.flatten()
+    unknown = tokenizer.unk_token_id
+    structural = set(tokenizer.all_special_ids) - {unknown}
+    content = [int(token) for token in tokens if int(token) not in structural]
+    if content and any(token != unknown for token in content):
+        return
+    first_row = ids[0][mask[0].bool()] if mask is not None else ids[0]
+    first = [int(token) for token in first_row]
+    raise ModelError(
+        f"The tokenizer of '{recipe.model.checkpoint}' cannot encode the training text: every word "
+        f"becomes an unknown token (row 1 -> {' '.join(tokenizer.convert_ids_to_tokens(first))}; "
+        f"vocabulary of {len(tokenizer)} tokens).",
+        hint="the checkpoint directory probably lacks its tokenizer files (tokenizer.json, "
+        "tokenizer_config.json, vocab.txt or vocab.json and merges.txt): copy them from the model "
+        "it was saved from",
+    )

@@ -18,6 +18,11 @@ from llmkit.tasks import DEFAULT_TASK, TASKS
 # Keys whose values are paths to inputs: in a recipe file they are relative to that file, so a
 # recipe and its data travel together; on the command line they are relative to where you are.
 INPUT_PATH_KEYS = (("data", "train_file"), ("data", "validation_file"), ("data", "test_file"))
+# Also paths, the same way, but not always: a checkpoint may be a hub id (resolved only when it
+# names something local), and the default run directory (runs/<recipe name>) is where you are.
+CHECKPOINT_KEY = ("model", "checkpoint")
+OUTPUT_KEY = ("output_dir",)
+PACKAGE_PREFIX = "package:"
 CLI = "command line"
 # A recipe may extend another: `base: other.yaml` (relative to the recipe) supplies every key the
 # recipe does not set. It is resolved here, before validation, so it is not a schema key.
@@ -44,7 +49,7 @@ def apply_overrides(
     """`KEY=VALUE` overrides merged over a recipe mapping (from a file, or a run's recipe.yaml),
     validated; their paths are relative to the current directory."""
     override_tree = parse_overrides(overrides)
-    _resolve_input_paths(override_tree, base=Path.cwd())
+    _resolve_input_paths(override_tree, base=Path.cwd(), in_file=False)
     merged = deep_merge(tree, override_tree)
     origins = {**(sources or {}), **{key: CLI for key in leaf_paths(override_tree)}}
     return validate_recipe(merged, source=source, lines=lines, sources=origins)
@@ -58,7 +63,7 @@ def read_recipe_tree(
     Returns the merged mapping, the line of each key written in `path` itself, and `file:line`
     for each key that comes from a base file instead, so errors point at the file to edit."""
     document, lines = read_recipe_file(path)
-    _resolve_input_paths(document, base=path.parent)
+    _resolve_input_paths(document, base=path.parent, in_file=True)
     if BASE_KEY not in document:
         return document, lines, {}
     base_path = _base_path(path, document.pop(BASE_KEY), lines)
@@ -131,7 +136,39 @@ def read_yaml_file(path: Path, kind: str, hint: str) -> tuple[Any, dict[KeyPath,
         ) from exc
     finally:
         loader.dispose()
+    _check_unique_keys(node, path)
     return document, key_lines(node)
+
+
+def _check_unique_keys(node: yaml.Node | None, path: Path) -> None:
+    """A key written twice in one mapping is an error: YAML readers keep the last silently, so a
+    second `train:` section would replace the first."""
+    duplicates = []
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value_node in current.value:
+                name, line = str(key_node.value), key_node.start_mark.line + 1
+                if name in first:
+                    duplicates.append(
+                        (
+                            line,
+                            f"{path}:{line}: the key '{name}' is written twice in one "
+                            f"mapping (first at line {first[name]})",
+                        )
+                    )
+                first.setdefault(name, line)
+                pending.append(value_node)
+        elif isinstance(current, yaml.SequenceNode):
+            pending.extend(current.value)
+    if duplicates:
+        listing = "\n".join(f"  - {message}" for _, message in sorted(duplicates))
+        raise LlmkitError(
+            f"{path}: a key written twice:\n{listing}",
+            hint="keep one of each: YAML would silently use only the last",
+        )
 
 
 def read_recipe_file(path: Path) -> tuple[dict[str, Any], dict[KeyPath, int]]:
@@ -199,11 +236,39 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _resolve_input_paths(tree: dict[str, Any], base: Path) -> None:
-    for section, key in INPUT_PATH_KEYS:
-        holder = tree.get(section)
-        if isinstance(holder, dict) and isinstance(holder.get(key), str):
-            holder[key] = str((base / Path(holder[key]).expanduser()).resolve())
+def _resolve_input_paths(tree: dict[str, Any], base: Path, in_file: bool) -> None:
+    """Paths in `tree` made absolute against `base`: the recipe file's directory (`in_file`), or
+    the current directory for the command line, where a relative output_dir stays as given."""
+    keys = [*INPUT_PATH_KEYS, CHECKPOINT_KEY, *([OUTPUT_KEY] if in_file else [])]
+    for key in keys:
+        *parents, leaf = key
+        holder: Any = tree
+        for part in parents:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(leaf), str):
+            holder[leaf] = resolve_path_value(key, holder[leaf], base)
+
+
+def resolve_path_value(key: KeyPath, value: Any, base: Path) -> Any:
+    """A path-valued key's value made absolute against `base`; a checkpoint only when it names a
+    local file or directory (or looks like a path), not a hub id or an installed package."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    if key == CHECKPOINT_KEY and not is_local_checkpoint(value, base):
+        return value
+    return str((base / Path(value).expanduser()).resolve())
+
+
+def is_local_checkpoint(value: str, base: Path) -> bool:
+    if value.startswith(PACKAGE_PREFIX):
+        return False
+    path = Path(value).expanduser()
+    return (
+        path.is_absolute()
+        or value.startswith(".")
+        or value.lower().endswith(".gguf")
+        or (base / path).exists()
+    )
 
 
 def leaf_paths(tree: dict[str, Any], prefix: KeyPath = ()) -> list[KeyPath]:
@@ -267,8 +332,12 @@ def _user_path(loc: KeyPath) -> KeyPath:
 def _where(loc: KeyPath, source: str, lines: dict[KeyPath, int], sources: dict[KeyPath, str]) -> str:
     # An override can create a key the file lacks (trian.epochs=1 makes 'trian'): look below too.
     below = [origin for key, origin in sources.items() if key[: len(loc)] == loc and loc]
-    if below and loc not in lines:
-        return f"[{below[0]}] "
+    # Or it made a mapping of a value the file sets (train.epochs.x=1): blame the command line.
+    made_mapping = [
+        origin for key, origin in sources.items() if key[: len(loc)] == loc and len(key) > len(loc)
+    ]
+    if below and (loc not in lines or (made_mapping and not _is_section(loc))):
+        return f"[{(made_mapping or below)[0]}] "
     for end in range(len(loc), 0, -1):
         prefix = loc[:end]
         if prefix in sources:
@@ -276,6 +345,11 @@ def _where(loc: KeyPath, source: str, lines: dict[KeyPath, int], sources: dict[K
         if prefix in lines:
             return f"[{source}:{lines[prefix]}] "
     return ""
+
+
+def _is_section(loc: KeyPath) -> bool:
+    """A key whose value is a mapping in the schema (a section): its errors are about the section."""
+    return len(loc) == 1 or loc == ("method",)
 
 
 def _suggest(loc: KeyPath, tree: dict[str, Any]) -> str:

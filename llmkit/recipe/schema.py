@@ -39,8 +39,8 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     checkpoint: str = Field(
-        description="Hub id (org/name), local directory, .gguf file, or "
-        "package:MODULE/relative/path for a checkpoint shipped in an installed package."
+        description="Hub id (org/name), local directory or .gguf file (relative to the recipe file), "
+        "or package:MODULE/relative/path for a checkpoint shipped in an installed package."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
 
@@ -63,9 +63,11 @@ class DataSection(Section):
     delimiter: str | None = Field(
         None, description="Field separator of csv/tsv files; null: tab for .tsv, comma otherwise."
     )
-    quoting: Literal["minimal", "none"] = Field(
+    quoting: Literal["minimal", "none", "auto"] = Field(
         "minimal",
-        description="'none' reads quote characters as text (needed for GLUE's TSVs).",
+        description="'none' reads quote characters as text (needed for GLUE's TSVs); 'auto' reads "
+        "tab-separated files as 'none' unless a quoted field spans tabs or lines, others as "
+        "'minimal', and says which it chose.",
     )
     encoding: str = Field("utf-8", description="Text encoding; a UTF-8 byte-order mark is skipped.")
     text_columns: list[str] = Field(
@@ -108,6 +110,12 @@ class DataSection(Section):
     @field_validator("train_file", "validation_file", "test_file")
     @classmethod
     def _known_format(cls, value: Path | None) -> Path | None:
+        if value is not None and value.is_dir():
+            inside = sorted(p.name for p in value.iterdir() if p.suffix.lower() in DATA_FILE_FORMATS)
+            raise ValueError(
+                f"'{value}' is a directory, not a data file"
+                + (f"; give one of the files in it: {', '.join(inside[:5])}" if inside else "")
+            )
         if value is not None and value.suffix.lower() not in DATA_FILE_FORMATS:
             known = ", ".join(sorted(DATA_FILE_FORMATS))
             raise ValueError(f"'{value}' has an unknown extension; use one of {known}")
@@ -237,7 +245,11 @@ class Recipe(Section):
     method: MethodSection
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
-    output_dir: Path | None = Field(None, description="Run directory; null: runs/<recipe name>.")
+    output_dir: Path | None = Field(
+        None,
+        description="Run directory, relative to the recipe file; null: runs/<recipe name> in the "
+        "current directory.",
+    )
 
     @model_validator(mode="before")
     @classmethod

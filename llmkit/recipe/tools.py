@@ -16,7 +16,14 @@ from typing import Any
 import yaml
 
 from llmkit.errors import LlmkitError
-from llmkit.recipe.loading import BASE_KEY, INPUT_PATH_KEYS, load_recipe
+from llmkit.recipe.loading import (
+    BASE_KEY,
+    CHECKPOINT_KEY,
+    INPUT_PATH_KEYS,
+    OUTPUT_KEY,
+    is_local_checkpoint,
+    load_recipe,
+)
 from llmkit.recipe.schema import Recipe
 from llmkit.tasks import Task, task_for
 
@@ -289,9 +296,10 @@ def _rebase_paths(text: str, old_dir: Path, new_dir: Path) -> str:
     if not isinstance(root, yaml.MappingNode):
         return text
     spans = []
-    wanted = {*INPUT_PATH_KEYS, (BASE_KEY,)}
+    wanted = {*INPUT_PATH_KEYS, OUTPUT_KEY, (BASE_KEY,)}
     for path, node in _scalar_nodes(root):
-        if path in wanted and node.value and not Path(node.value).expanduser().is_absolute():
+        is_path = path in wanted or (path == CHECKPOINT_KEY and is_local_checkpoint(node.value, old_dir))
+        if is_path and node.value and not Path(node.value).expanduser().is_absolute():
             moved = os.path.relpath((old_dir / node.value).resolve(), new_dir.resolve())
             spans.append((node.start_mark.index, node.end_mark.index, json.dumps(Path(moved).as_posix())))
     for start, end, value in sorted(spans, reverse=True):

@@ -25,6 +25,13 @@ class BatchPlan:
         batch, micro = recipe.train.batch_size, recipe.train.micro_batch_size
         if micro is None:
             micro = batch // world_size
+        if batch < world_size:
+            raise LlmkitError(
+                f"train.batch_size ({batch}) is smaller than the number of processes ({world_size}): "
+                "each process needs at least one example per step.",
+                hint=f"use at most {batch} processes (--num-processes {batch}), or raise "
+                f"train.batch_size to a multiple of {world_size}",
+            )
         if micro < 1 or batch % (micro * world_size):
             raise LlmkitError(
                 f"train.batch_size ({batch}) must be a multiple of train.micro_batch_size ({micro}) "

@@ -4,9 +4,6 @@ run's step log."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from llmkit.data.loading import LABELS
 from llmkit.errors import LlmkitError
+from llmkit.fsutil import dumps, move_into_place
 from llmkit.training.batching import BatchPlan
 from llmkit.training.precision import resolve_precision
 
@@ -95,10 +93,7 @@ class LlmkitTrainer(Trainer):
             self.args.output_dir = str(final_root)
         if self.args.should_save:
             name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            target = final_root / name
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging_root / name, target)
+            move_into_place(staging_root / name, final_root / name)
             rotate_checkpoints(str(final_root), save_total_limit=self.args.save_total_limit)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
@@ -126,7 +121,7 @@ class StepLog(TrainerCallback):
         if state.is_world_process_zero and logs:
             entry = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
             with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+                handle.write(dumps(entry) + "\n")  # strict JSON: a NaN loss is null
 
 
 class QuietProgress(ProgressCallback):
