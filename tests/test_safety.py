@@ -671,3 +671,7 @@ def test_quoting_auto_reads_tsv_quotes_as_text_unless_the_file_needs_them(
     assert result.exit_code == 0, explain(result)
     note = f"data.quoting auto: reading '{glue}' with quoting none (every row has the header's fields)"
     assert note in result.stderr
+
+
+def test_a_directory_given_as_the_recipe_is_named_as_such(cli: Any, tmp_path: Path) -> None:
+    refused(cli("finetune", tmp_path), f"Recipe file '{tmp_path}' is a directory, not a file.")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError
+from llmkit.fsutil import write_json
 from llmkit.memory import peak_resident_kb
 from llmkit.recipe.schema import Recipe
 
@@ -120,7 +121,7 @@ def run_peer(script: Path, recipe: Recipe, run_dir: Path) -> dict[str, Any]:
         raise PeerError(f"the peer script exited with code {returncode}; {log} ends with:\n{tail}")
     results = _as_results(recipe, reported, peak_kb)
     results["peer"] = {"command": command, "reported": reported, "notes": peer_notes(recipe)}
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(run_dir / "results.json", results)  # strict JSON, written whole
     return results
 
 

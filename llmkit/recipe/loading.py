@@ -117,6 +117,8 @@ def _present(tree: dict[str, Any], key: KeyPath) -> bool:
 def read_yaml_file(path: Path, kind: str, hint: str) -> tuple[Any, dict[KeyPath, int]]:
     """A YAML file's content and the line (1-based) of each key, parsed once; a missing file,
     non-UTF-8 text or a syntax error is a user error naming the file (and line and column)."""
+    if path.is_dir():
+        raise LlmkitError(f"{kind} file '{path}' is a directory, not a file.", hint=hint)
     if not path.is_file():
         raise LlmkitError(f"{kind} file '{path}' does not exist.", hint=hint)
     try:
