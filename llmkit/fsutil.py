@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -226,8 +227,10 @@ def check_writable(path: Path, what: str) -> None:
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
+        # /proc and the like exist but refuse new files with "No such file or directory".
+        why = "it does not accept new files" if exc.errno == errno.ENOENT else exc.strerror or str(exc)
         raise OutputError(
-            f"Cannot write the {what} '{path}': '{existing}' is not writable ({exc.strerror or exc}).",
+            f"Cannot write the {what} '{path}': '{existing}' is not writable ({why}).",
             hint="choose an output path in a directory you can write",
         ) from exc
 
