@@ -511,6 +511,17 @@ def test_a_single_example_label_cannot_be_carved_into_validation(
         "example, and a stratified split needs at least two of each label",
         "give a validation file (data.validation_file)",
     )
+    rows = [[f"film {i}", i % 2] for i in range(18)] + [["odd one", 2], ["odd two", 2]]
+    train = write_csv(tmp_path / "few.csv", ["text", "label"], rows)
+    result = cli(
+        "finetune", recipe, f"data.train_file={train}", "data.validation_file=null", "-o", tmp_path / "r"
+    )
+    refused(
+        result,
+        f"Cannot carve a validation split from the training data ('{train}'): data.validation_fraction "
+        "0.1 of 20 rows gives 2 validation rows, fewer than the 3 labels.",
+        "raise data.validation_fraction",
+    )
 
 
 # ----------------------------------------------------------------------------- errors pointing the right way
