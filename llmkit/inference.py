@@ -86,3 +86,50 @@ def mean_cross_entropy(logits: np.ndarray, labels: list[int]) -> float:
         torch.from_numpy(logits), torch.tensor(labels, dtype=torch.long), reduction="none"
     )
     return float(per_row.double().mean())
+
+
+def token_logits(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Dataset,
+    batch_size: int,
+    sort_by_length: bool = True,
+    description: str = "Predicting",
+    precision: str = "fp32",
+) -> list[np.ndarray]:
+    """Per row of `encoded`, in its order, the logits of each of its tokens (tokens x labels,
+    float32), batched and computed as `predict_logits` does. Positions a method prepends (prompt
+    tuning's virtual tokens) are dropped: row i's logits are those of its own tokens."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import DataCollatorWithPadding
+
+    from llmkit.training.precision import torch_dtype
+
+    columns = {name: list(encoded[name]) for name in MODEL_INPUTS if name in encoded.column_names}
+    count = len(encoded)
+    order = list(range(count))
+    if sort_by_length:
+        order.sort(key=lambda i: -len(columns["input_ids"][i]))
+    collate = DataCollatorWithPadding(tokenizer)
+    device = next(model.parameters()).device
+    rows: list[np.ndarray | None] = [None] * count
+    dtype = torch_dtype(precision)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    with (
+        torch.inference_mode(),
+        autocast,
+        tqdm(total=count, desc=description, unit="rows", disable=None) as bar,
+    ):
+        for start in range(0, count, batch_size):
+            chosen = order[start : start + batch_size]
+            batch = collate([{name: values[i] for name, values in columns.items()} for i in chosen])
+            output = model(**{name: tensor.to(device) for name, tensor in batch.items()})
+            width = batch["input_ids"].shape[1]
+            scores = output.logits[:, -width:].float().cpu().numpy()
+            for position, index in enumerate(chosen):
+                rows[index] = scores[position, : len(columns["input_ids"][index])]
+            bar.update(len(chosen))
+    if count == 0:
+        raise DataError("There are no rows to predict.")
+    return [row for row in rows if row is not None]

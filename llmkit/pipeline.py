@@ -62,7 +62,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
     check_forward(model, loaded.tokenizer, labelled.splits["train"], recipe, task, loaded.traits.model_type)
     tokenised = {
-        split: task.tokenize(ds, loaded.tokenizer, recipe.data, split)
+        split: task.tokenize(ds, loaded.tokenizer, recipe.data, split, labelled.label_names)
         for split, ds in labelled.splits.items()
     }
     for split in ("validation", "test"):

@@ -13,6 +13,8 @@ from llmkit.recipe.schema import DATA_FILE_FORMATS, DataSection
 if TYPE_CHECKING:
     from datasets import Dataset
 
+    from llmkit.data.tagged import TagColumns
+
 STDIN = "-"
 
 
@@ -96,3 +98,76 @@ def _names(columns: list[str]) -> str:
 
 def _rows(rows: list[int]) -> str:
     return ", ".join(map(str, rows[:10])) + (" ..." if len(rows) > 10 else "")
+
+
+def read_sentences(source: str, data: DataSection, columns: TagColumns, id_column: str | None) -> Dataset:
+    """Sentences to tag, as `text`, `tokens` (words) and `offsets` (each word's character start and
+    end in `text`): raw text from `-` (standard input) or a .txt file, one sentence per line, split
+    into words at whitespace; a .conll file's words (first column); or a csv/jsonl/json/parquet
+    file's list-of-words column (task.tokens_column, pre-split) or else its text column."""
+    from datasets import Dataset
+
+    from llmkit.data.tagged import read_conll
+
+    if source == STDIN or Path(source).suffix.lower() == ".txt":
+        if source == STDIN:
+            lines = [line.rstrip("\r\n") for line in sys.stdin]
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise DataError(f"Input file '{path}' does not exist.")
+            lines = path.read_text(encoding=data.encoding).splitlines()
+        texts = [line for line in lines if line.strip()]
+        if not texts:
+            raise DataError(f"{'Standard input' if source == STDIN else repr(source)} holds no text.")
+        return Dataset.from_dict(_split_texts(texts))
+    path = Path(source)
+    if path.suffix.lower() == ".conll":
+        if not path.is_file():
+            raise DataError(f"Input file '{path}' does not exist.")
+        words, _ = read_conll(path, columns.conll_tag_column, data.encoding, tags_required=False)
+        return Dataset.from_dict(_joined(words))
+    text_column = data.text_columns[0]
+    dataset = read_table(
+        path,
+        data,
+        [*([id_column] if id_column else [])],
+        hint=f"--id-column {id_column} names a column the file lacks",
+    )
+    if columns.tokens in dataset.column_names:
+        found = _joined([[str(word) for word in row] for row in dataset[columns.tokens]])
+    elif text_column in dataset.column_names:
+        found = _split_texts([str(text) if text is not None else "" for text in dataset[text_column]])
+    else:
+        raise DataError(
+            f"'{source}' has neither a '{columns.tokens}' column (lists of words) nor a '{text_column}' "
+            f"column (text); its columns are: {', '.join(dataset.column_names)}.",
+            hint="set task.tokens_column or data.text_columns to the file's column",
+        )
+    if id_column:
+        found[id_column] = list(dataset[id_column])
+    return Dataset.from_dict(found)
+
+
+def _split_texts(texts: list[str]) -> dict[str, list[Any]]:
+    import re
+
+    words, offsets = [], []
+    for text in texts:
+        matches = list(re.finditer(r"\S+", text))
+        words.append([match.group() for match in matches])
+        offsets.append([[match.start(), match.end()] for match in matches])
+    return {"text": texts, "tokens": words, "offsets": offsets}
+
+
+def _joined(sentences: list[list[str]]) -> dict[str, list[Any]]:
+    """Pre-split words joined by single spaces: the text the offsets point into."""
+    texts, offsets = [], []
+    for words in sentences:
+        spans, position = [], 0
+        for word in words:
+            spans.append([position, position + len(word)])
+            position += len(word) + 1
+        texts.append(" ".join(words))
+        offsets.append(spans)
+    return {"text": texts, "tokens": sentences, "offsets": offsets}

@@ -35,7 +35,7 @@ def load_splits(data: DataSection, seed: int) -> LabelledSplits:
     if data.train_file is not None:
         raw = _read_files(data)
     else:
-        raw = _read_hub(data)
+        raw = read_hub(data)
         for split, dataset in raw.items():
             _check_columns(dataset, data, _describe_split(data, split))
     label_names, to_id = _label_mapping(raw["train"], data)
@@ -318,7 +318,7 @@ def _read_hint(path: Path, data: DataSection) -> str:
     return "check that the file is valid for its extension"
 
 
-def _read_hub(data: DataSection) -> dict[str, Dataset]:
+def read_hub(data: DataSection) -> dict[str, Dataset]:
     from datasets import load_dataset
 
     assert data.dataset is not None

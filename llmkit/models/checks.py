@@ -33,7 +33,7 @@ def check_forward(
     """One forward pass on the task's probe batch from the first training rows."""
     import torch
 
-    batch = task.probe_batch(tokenizer, recipe.data, train.select(range(min(2, len(train)))), model)
+    batch = task.probe_batch(tokenizer, recipe.data, train.select(range(min(2, len(train)))), recipe.method)
     try:
         with torch.no_grad():
             model(**batch)

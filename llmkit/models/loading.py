@@ -51,7 +51,7 @@ def load_classifier(
         config.num_labels = len(label_names)
         config.id2label = dict(enumerate(label_names))
         config.label2id = {name: index for index, name in enumerate(label_names)}
-        tokenizer = load_tokenizer(source, revision)
+        tokenizer = task.adapt_tokenizer(load_tokenizer(source, revision))
         config.pad_token_id = tokenizer.pad_token_id
         model, info = task.auto_model_class().from_pretrained(
             source, config=config, revision=revision, output_loading_info=True, dtype=WEIGHTS_DTYPE
@@ -158,7 +158,7 @@ def load_trained(
         from llmkit.methods.peft_common import adapted_to_installed_libraries
 
         loaded.model = adapted_to_installed_libraries(PeftModel.from_pretrained(loaded.model, path))
-        loaded.tokenizer = load_tokenizer(str(path))
+        loaded.tokenizer = task.adapt_tokenizer(load_tokenizer(str(path)))
         return loaded
     model = task.auto_model_class().from_pretrained(path, dtype=WEIGHTS_DTYPE)
-    return _ready(model, load_tokenizer(str(path)), task, new_modules=[])
+    return _ready(model, task.adapt_tokenizer(load_tokenizer(str(path))), task, new_modules=[])

@@ -1,6 +1,6 @@
 """Tasks. Importing this package registers every built-in task."""
 
-from llmkit.tasks import sequence_classification  # noqa: F401  (registration)
+from llmkit.tasks import sequence_classification, token_classification  # noqa: F401  (registration)
 from llmkit.tasks.registry import (
     DEFAULT_TASK,
     TASKS,

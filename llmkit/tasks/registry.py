@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from llmkit.data.loading import LabelledSplits
+    from llmkit.methods import MethodOptions
     from llmkit.models.traits import ModelTraits
     from llmkit.recipe.schema import DataSection, EvalSection
 
@@ -74,6 +75,10 @@ class Task:
     def adapt_model(self, model: PreTrainedModel, traits: ModelTraits) -> None:
         """Adjust a freshly loaded model (e.g. hooks) before any method wraps it."""
 
+    def adapt_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+        """Adjust the loaded tokenizer (e.g. a prefix space for pre-split words)."""
+        return tokenizer
+
     # ---------------------------------------------------------------- data
     def load_splits(self, data: DataSection, seed: int) -> LabelledSplits:
         """The recipe's train/validation(/test) splits with targets, checked."""
@@ -88,14 +93,21 @@ class Task:
         raise NotImplementedError
 
     def tokenize(
-        self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataSection, split: str
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataSection,
+        split: str,
+        label_names: list[str],
     ) -> Dataset:
         """Model inputs and aligned targets, unpadded (the collator pads each batch)."""
         raise NotImplementedError
 
-    def collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Callable[[list[Any]], Any]:
-        """Pads a list of tokenised rows into a batch of tensors. `model` is the wrapped model, for
-        tasks whose targets depend on what the method adds (virtual tokens)."""
+    def collator(
+        self, tokenizer: PreTrainedTokenizerBase, method: MethodOptions | None = None
+    ) -> Callable[[list[Any]], Any]:
+        """Pads a list of tokenised rows into a batch of tensors. `method` (the recipe's method
+        options), for targets that depend on what the method adds (virtual tokens)."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- metrics
@@ -123,7 +135,11 @@ class Task:
 
     # ---------------------------------------------------------------- trained runs
     def probe_batch(
-        self, tokenizer: PreTrainedTokenizerBase, data: DataSection, rows: Dataset | None, model: Any = None
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataSection,
+        rows: Dataset | None,
+        method: MethodOptions | None = None,
     ) -> dict[str, Any]:
         """A small padded batch (tensors) for one forward pass: the check before training (from
         `rows`, the first training rows, read but not tokenised) and `merge`'s comparison of the

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from llmkit.data.loading import LabelledSplits
+    from llmkit.methods import MethodOptions
     from llmkit.metrics.per_class import PerClassReport
     from llmkit.models.traits import ModelTraits
     from llmkit.recipe.schema import DataSection, EvalSection
@@ -111,13 +112,20 @@ class SequenceClassification(Task):
         return read_unlabelled(source, data, id_column)
 
     def tokenize(
-        self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataSection, split: str
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataSection,
+        split: str,
+        label_names: list[str],
     ) -> Dataset:
         from llmkit.data.tokenize import tokenize_split
 
         return tokenize_split(dataset, tokenizer, data.text_columns, data.max_length, split)
 
-    def collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Callable[[list[Any]], Any]:
+    def collator(
+        self, tokenizer: PreTrainedTokenizerBase, method: MethodOptions | None = None
+    ) -> Callable[[list[Any]], Any]:
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(tokenizer)
@@ -157,7 +165,11 @@ class SequenceClassification(Task):
 
     # ---------------------------------------------------------------- trained runs
     def probe_batch(
-        self, tokenizer: PreTrainedTokenizerBase, data: DataSection, rows: Dataset | None, model: Any = None
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataSection,
+        rows: Dataset | None,
+        method: MethodOptions | None = None,
     ) -> dict[str, Any]:
         if rows is None:
             texts = [PROBE_TEXTS] * len(data.text_columns)  # a pair task reads each text against itself
@@ -186,7 +198,7 @@ class SequenceClassification(Task):
         from llmkit.metrics import MetricSuite
         from llmkit.metrics.per_class import per_class_report
 
-        tokenised = sorted_by_length(self.tokenize(dataset, tokenizer, data, split))
+        tokenised = sorted_by_length(self.tokenize(dataset, tokenizer, data, split, label_names))
         # Sorted and batched as training's evaluation sorts and batches them: the logits are then
         # bit-identical to training's, and the metrics equal results.json exactly.
         logits = predict_logits(

@@ -222,7 +222,7 @@ def build_trainer(
         args=training_arguments(recipe, output_dir, plan),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=task.collator(tokenizer, model),
+        data_collator=task.collator(tokenizer, recipe.method),
         compute_metrics=task.compute_metrics(recipe.eval, label_names),
         preprocess_logits_for_metrics=task.logits_for_metrics(),
         callbacks=[StepLog(log_path)],
