@@ -16,7 +16,8 @@ from llmkit.errors import LlmkitError
 
 app = typer.Typer(
     name="llmkit",
-    help="Fine-tune BERT- and GPT-style classifiers from recipe files: full fine-tuning, LoRA, "
+    help="Fine-tune BERT- and GPT-style models for sequence and token classification from recipe "
+    "files: full fine-tuning, LoRA, "
     "prefix or prompt tuning.",
     no_args_is_help=True,
     add_completion=False,
@@ -59,7 +60,7 @@ def main(
         ),
     ] = False,
 ) -> None:
-    """llmkit: config-driven fine-tuning for sequence classification."""
+    """llmkit: config-driven fine-tuning for sequence and token classification."""
 
 
 @contextmanager
@@ -208,9 +209,10 @@ def evaluate(
     ] = None,
     debug: DebugOption = False,
 ) -> None:
-    """Metrics of a trained run on a split of its data or on any labelled file: the recipe's
-    metrics and loss (on the run's validation split, exactly those in results.json), per-class
-    precision/recall/F1 and the confusion matrix."""
+    """Metrics of a trained run on a split of its data or on any labelled file: the task's
+    metrics and loss (on the run's validation split, exactly those in results.json), then per-class
+    precision/recall/F1 and the confusion matrix (sequence classification) or per-entity-type
+    scores and the confusion of entity types (token classification)."""
     with user_errors(debug):
         from llmkit.evaluation import evaluate_run, print_evaluation
         from llmkit.fsutil import check_output_file, dumps, write_or_rescue
@@ -245,7 +247,8 @@ def predict(
             "--input",
             "-i",
             help="csv/tsv/jsonl/parquet file with the run's text column(s), or - for stdin "
-            "(one text per line).",
+            "(one text per line). Token classification also reads a .txt file (one sentence per "
+            "line), a tokens column of pre-split words, or a .conll file.",
             show_default=False,
         ),
     ],
@@ -265,8 +268,9 @@ def predict(
     batch_size: BatchSizeOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Label each input row with a trained run: the predicted label and every label's
-    probability, one output row per input row, in input order."""
+    """Label each input row with a trained run, one output row per input row, in input order:
+    the predicted label and every label's probability (sequence classification), or the
+    entities with their words and character offsets, and every word's tag (token classification)."""
     with user_errors(debug):
         from llmkit.prediction import predict_to_file
 
@@ -290,8 +294,9 @@ def merge(
     debug: DebugOption = False,
 ) -> None:
     """Fold a LoRA run's adapter into the base weights and save a plain transformers checkpoint
-    (AutoModelForSequenceClassification.from_pretrained loads it). Prefix and prompt runs cannot
-    be merged; full runs are plain checkpoints already and are copied."""
+    (the task's auto class loads it: AutoModelForSequenceClassification or
+    AutoModelForTokenClassification). Prefix and prompt runs cannot be merged; full runs are plain
+    checkpoints already and are copied."""
     with user_errors(debug):
         from llmkit.merging import LOGIT_TOLERANCE, merge_run
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from llmkit.data.inputs import STDIN
+from llmkit.data.inputs import DEFAULT_ID_COLUMN, STDIN
 from llmkit.errors import DataError
 from llmkit.fsutil import check_output_file, dumps, write_or_rescue
 from llmkit.runs import check_data_overrides, load_model, read_run
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from llmkit.tasks import Task
 
 OUTPUT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
-DEFAULT_ID_COLUMN = "id"
 
 
 def predict_to_file(

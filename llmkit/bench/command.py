@@ -72,9 +72,10 @@ def check_plan(plan: BenchPlan) -> None:
         except LlmkitError as exc:
             problems.append(f"run {run.name}: {exc}")
         if run.kind == "peer":
-            if not plan.peer_script.is_file():
+            script = plan.script_of(run)
+            if not script.is_file():
                 problems.append(
-                    f"run {run.name}: the peer script '{plan.peer_script}' does not exist (set "
+                    f"run {run.name}: the peer script '{script}' does not exist (set "
                     "peer_script: in the bench file, relative to it)"
                 )
             problems += [f"run {run.name}: {problem}" for problem in peer_problems(run.recipe)]
@@ -143,7 +144,7 @@ def describe_plan(plan: BenchPlan) -> str:
     if peers:
         lines += ["", f"peer runs ({plan.peer_script}):"]
         for run in peers:
-            command = peer_command(plan.peer_script, run.recipe, _model_shown(run))
+            command = peer_command(plan.script_of(run), run.recipe, _model_shown(run))
             lines.append(f"  {run.name}: {' '.join(command[1:])}")
             lines += [f"    note: {note}" for note in peer_notes(run.recipe)]
     return "\n".join(lines)

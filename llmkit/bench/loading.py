@@ -60,6 +60,7 @@ class PlannedRun:
     recipe_file: Path
     like: str | None = None  # a peer run: the llmkit run whose recipe it was given
     measure_inference: bool = False  # prediction speed against a pipeline, after training
+    script: Path | None = None  # a peer run's own script (its `script:`), else the bench's
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class BenchPlan:
     peer_script: Path
     runs: list[PlannedRun]
     overrides: list[str]  # from the command line
+
+    def script_of(self, run: PlannedRun) -> Path:
+        """The peer script a peer run runs: its own `script:`, or the bench's `peer_script`."""
+        return run.script or self.peer_script
 
     def precision(self, name: str) -> str:
         """The precision run `name` trains in on this machine (train.precision resolved)."""
@@ -138,9 +143,19 @@ def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path 
             # Once per run: prediction speed does not depend on the training seed.
             inference = isinstance(run, LlmkitRun) and run.measure_inference and position == 0
             number = len(planned) + 1
+            own_script = run.script if isinstance(run, PeerRun) else None
+            script = (path.parent / own_script).resolve() if own_script is not None else None
             planned.append(
                 PlannedRun(
-                    number, run.label, run.kind, seed, recipe, path.parent / source.recipe, like, inference
+                    number,
+                    run.label,
+                    run.kind,
+                    seed,
+                    recipe,
+                    path.parent / source.recipe,
+                    like,
+                    inference,
+                    script,
                 )
             )
     return BenchPlan(bench, path, name, output_dir, peer_script, planned, list(overrides or []))

@@ -39,13 +39,12 @@ class PeerError(LlmkitError):
 
 def peer_problems(recipe: Recipe) -> list[str]:
     """Why the script cannot train what the recipe describes (empty when it can)."""
+    from llmkit.tasks import task_for
+
     data, problems = recipe.data, []
     if data.train_file is None or data.validation_file is None:
         problems.append("the peer script reads local train and validation files; the recipe names none")
-    else:
-        for path in (data.train_file, data.validation_file):
-            if data.field_delimiter(path) != "\t":
-                problems.append(f"the peer script reads tab-separated files; '{path}' is not one")
+    problems += task_for(recipe.task).peer_problems(data)
     if recipe.train.max_steps is not None:
         problems.append("the peer script trains whole epochs; the recipe sets train.max_steps")
     return problems
@@ -73,6 +72,8 @@ def peer_notes(recipe: Recipe) -> list[str]:
 
 
 def peer_command(script: Path, recipe: Recipe, model: str) -> list[str]:
+    from llmkit.tasks import task_for
+
     data, train = recipe.data, recipe.train
     return [
         sys.executable,
@@ -80,8 +81,7 @@ def peer_command(script: Path, recipe: Recipe, model: str) -> list[str]:
         "--model", model,
         "--train", str(data.train_file),
         "--dev", str(data.validation_file),
-        "--text", ",".join(data.text_columns),
-        "--label", data.label_column,
+        *task_for(recipe.task).peer_arguments(data),
         "--limit", str(data.max_train_samples or 0),  # 0: every row
         "--epochs", f"{train.epochs:g}",
         "--bs", str(train.batch_size),
@@ -163,13 +163,17 @@ def _last_json_line(output: str) -> dict[str, Any] | None:
 
 
 def _as_results(recipe: Recipe, reported: dict[str, Any], peak_kb: int) -> dict[str, Any]:
+    from llmkit.tasks import task_for
+
     samples = round(reported["train_samples"] * reported["epochs"])
+    names = task_for(recipe.task).metric_names(recipe.eval)
     return {
         "status": "completed",
         "model": {"checkpoint": recipe.model.checkpoint},
         "method": {"name": reported.get("method", recipe.method.name)},
         "data": {"train_rows": reported["train_samples"]},
-        "metrics": {"validation": {"accuracy": reported["accuracy"], "f1": reported["f1"]}},
+        # The figures the script reports under the names of the task's metrics.
+        "metrics": {"validation": {name: reported[name] for name in names if name in reported}},
         "train": {
             "epochs": reported["epochs"],
             "samples": samples,

@@ -52,7 +52,7 @@ def execute(plan: BenchPlan, echo: Echo, done: Callable[[list[RunRecord]], None]
         timing = f"bench {_clock(elapsed)} elapsed" + (f", about {_clock(left)} left" if left else "")
         script = " (peer script)" if planned.kind == "peer" else ""
         echo(f"{_prefix(planned, total)}{script}  ({timing})")
-        record = run_one(planned, plan.peer_script)
+        record = run_one(planned, plan.script_of(planned))
         records.append(record)
         echo(f"{_prefix(planned, total)}: {_outcome(record)}")
         done(records)

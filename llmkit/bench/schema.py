@@ -154,6 +154,11 @@ class PeerRun(RunBase):
         description="Only at these seeds of the like run (default: all). The script fixes its own "
         "seed, so repetitions measure only its timing noise.",
     )
+    script: Path | None = Field(
+        None,
+        description="This peer's script, relative to the bench file (a bench with runs of several "
+        "tasks: each task has its peer, e.g. peer_ner.py); default: the bench's peer_script.",
+    )
 
     @property
     def label(self) -> str:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from llmkit.data.tagged import TagColumns
 
 STDIN = "-"
+DEFAULT_ID_COLUMN = "id"  # copied to predict's output rows when the input has it
 
 
 def read_table(path: Path, data: DataSection, required: list[str], hint: str) -> Dataset:
@@ -144,8 +145,8 @@ def read_sentences(source: str, data: DataSection, columns: TagColumns, id_colum
             f"column (text); its columns are: {', '.join(dataset.column_names)}.",
             hint="set task.tokens_column or data.text_columns to the file's column",
         )
-    if id_column:
-        found[id_column] = list(dataset[id_column])
+    for column in {id_column or DEFAULT_ID_COLUMN} & set(dataset.column_names):
+        found[column] = list(dataset[column])  # copied to each output row
     return Dataset.from_dict(found)
 
 

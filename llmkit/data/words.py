@@ -61,6 +61,7 @@ def plan_windows(word_lengths: list[int], budget: int, overlap: int) -> list[Win
     """Windows of whole words with at most `budget` sub-tokens each, consecutive windows sharing
     about `overlap` sub-tokens of context. A single word longer than the budget gets a window of
     its own (the tokenizer then truncates it: its first sub-token, which carries its tag, stays)."""
+    overlap = min(overlap, budget // 2)  # at least half of each window is new words
     spans: list[tuple[int, int]] = []
     start, count = 0, len(word_lengths)
     while start < count:

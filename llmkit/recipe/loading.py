@@ -229,13 +229,20 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
+    merged = _task_as_mapping(base)
+    for key, value in _task_as_mapping(update).items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+def _task_as_mapping(tree: dict[str, Any]) -> dict[str, Any]:
+    """`task: NAME` read as `task: {name: NAME}`, so options set by a base recipe, a bench file or
+    an override (task.seqeval_mode=...) merge with the task a recipe names."""
+    task = tree.get("task")
+    return {**tree, "task": {"name": task}} if isinstance(task, str) else dict(tree)
 
 
 def _resolve_input_paths(tree: dict[str, Any], base: Path, in_file: bool) -> None:

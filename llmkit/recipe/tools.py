@@ -25,7 +25,7 @@ from llmkit.recipe.loading import (
     load_recipe,
 )
 from llmkit.recipe.schema import Recipe
-from llmkit.tasks import Task, task_for
+from llmkit.tasks import TASKS, Task, task_for
 
 RECIPES_DIR = Path("recipes")
 SKIPPED_DIRS = ("benchmarks",)
@@ -334,6 +334,13 @@ def json_schema() -> dict[str, Any]:
             "method from its defaults.",
         },
         **schema["properties"],
+    }
+    # A task may be named alone (`task: token_classification`), its options then the defaults.
+    task = schema["properties"]["task"]
+    description = task.pop("description", None)
+    schema["properties"]["task"] = {
+        "description": description,
+        "anyOf": [{"type": "string", "enum": list(TASKS)}, task],
     }
     # One text column may be written as a plain string (the schema's before-validator wraps it).
     columns = schema["$defs"]["DataSection"]["properties"]["text_columns"]

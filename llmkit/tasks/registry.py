@@ -181,6 +181,14 @@ class Task:
         """One `predict` record as the values of `csv_columns`."""
         raise NotImplementedError
 
+    def peer_arguments(self, data: DataSection) -> list[str]:
+        """The data arguments of the bench's hand-written peer script for this task."""
+        return []
+
+    def peer_problems(self, data: DataSection) -> list[str]:
+        """Why the task's peer script cannot read the recipe's data files (empty when it can)."""
+        return []
+
     def describe_example(
         self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, label_names: list[str]
     ) -> list[str]:

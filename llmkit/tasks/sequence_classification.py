@@ -242,6 +242,18 @@ class SequenceClassification(Task):
     def csv_values(self, record: dict[str, Any], label_names: list[str]) -> list[Any]:
         return [record["label"], *(record["probabilities"][name] for name in label_names)]
 
+    def peer_arguments(self, data: DataSection) -> list[str]:
+        return ["--text", ",".join(data.text_columns), "--label", data.label_column]
+
+    def peer_problems(self, data: DataSection) -> list[str]:
+        if data.train_file is None or data.validation_file is None:
+            return []
+        return [
+            f"the peer script reads tab-separated files; '{path}' is not one"
+            for path in (data.train_file, data.validation_file)
+            if data.field_delimiter(path) != "\t"
+        ]
+
     def describe_example(
         self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, label_names: list[str]
     ) -> list[str]:
