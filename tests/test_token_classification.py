@@ -229,13 +229,17 @@ def tagging_model(checkpoint: Path, method: str) -> tuple[Any, Any, Any]:
 def test_a_sentence_alone_and_in_a_padded_batch_gets_the_same_tags(
     checkpoints: dict[str, Path], arch: str, method: str
 ) -> None:
+    check_tags_do_not_depend_on_padding(checkpoints[arch], method)
+
+
+def check_tags_do_not_depend_on_padding(checkpoint: Path, method: str) -> None:
     from datasets import Dataset
     from torch.testing import assert_close
 
     from llmkit.inference import token_logits
     from llmkit.recipe.schema import DataSection
 
-    model, tokenizer, task = tagging_model(checkpoints[arch], method)
+    model, tokenizer, task = tagging_model(checkpoint, method)
     data = DataSection(train_file=Path("x.txt"), max_length=64)
     short = ["great", "movie"]
     longer = ["the", "plot", "was", "quite", "boring", "and", "the", "actor", "was", "very", "dreadful"]
@@ -247,6 +251,55 @@ def test_a_sentence_alone_and_in_a_padded_batch_gets_the_same_tags(
     assert alone.shape == batched[1].shape
     assert_close(batched[1], alone, atol=1e-5, rtol=0)
     assert (batched[1].argmax(-1) == alone.argmax(-1)).all()
+
+
+@pytest.fixture(scope="session")
+def llama_checkpoint(tmp_path_factory: pytest.TempPathFactory, gpt2_checkpoint: Path) -> Path:
+    """A random 2-layer Llama-architecture model (rotary positions, the SmolLM2 family) with the
+    tiny GPT-2's byte-level BPE tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_checkpoint)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_llama_architecture_tags_alike_alone_and_in_a_batch(llama_checkpoint: Path, method: str) -> None:
+    check_tags_do_not_depend_on_padding(llama_checkpoint, method)
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt"])
+def test_llama_architecture_end_to_end(
+    llama_checkpoint: Path, tagging_runs: TaggingRuns, tmp_path: Path, method: str
+) -> None:
+    recipe = tagging_recipe(
+        tmp_path / "recipe.yaml", llama_checkpoint, tagging_runs.train, tagging_runs.validation, method
+    )
+    result = invoke("finetune", recipe, "--output-dir", tmp_path / "run")
+    assert result.exit_code == 0, explain(result)
+    results = results_of(tmp_path / "run")
+    assert results["model"]["architecture"] == "LlamaForTokenClassification"
+    evaluated = invoke("evaluate", tmp_path / "run", "--format", "json")
+    assert evaluated.exit_code == 0, explain(evaluated)
+    recorded = results["metrics"]["validation"]
+    assert json.loads(evaluated.stdout)["metrics"]["f1"] == recorded["f1"]
+    assert recorded["f1"] > 0.05, recorded
 
 
 # ----------------------------------------------------------------------------- long sentences
