@@ -89,10 +89,10 @@ def check_plan(plan: BenchPlan) -> None:
 
 
 def _data_problem(run: PlannedRun) -> str | None:
-    from llmkit.data.loading import load_splits
+    from llmkit.tasks import task_for
 
-    try:
-        load_splits(run.recipe.data, seed=run.recipe.train.seed)
+    try:  # read as the run's task reads it (CoNLL columns, prompt/completion pairs, ...)
+        task_for(run.recipe.task).load_splits(run.recipe.data, seed=run.recipe.train.seed)
     except LlmkitError as exc:
         return str(exc)
     return None
