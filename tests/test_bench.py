@@ -667,6 +667,10 @@ def test_shipped_bench_file_validates(path: Path) -> None:
     if any(run.kind == "peer" for run in plan.runs):
         # Beside the checkout: ../shared/bench/peer_trainer.py.
         assert plan.peer_script == (REPO.parent / "shared" / "bench" / "peer_trainer.py").resolve()
+    if (REPO.parent / "shared" / "data").is_dir():
+        from llmkit.bench.command import check_plan
+
+        check_plan(plan)  # every run's data read as its task reads it, as `llmkit bench` does first
 
 
 def _dig(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
