@@ -31,7 +31,34 @@ NumProcessesOption = Annotated[
     typer.Option(
         "--num-processes",
         min=1,
-        help="Run in N processes through accelerate's launcher (one per GPU; CPU processes without CUDA).",
+        help="Run in N processes through accelerate's launcher (one per GPU; CPU processes without "
+        "CUDA). With --num-machines: N on each machine.",
+    ),
+]
+NumMachinesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--num-machines",
+        min=1,
+        help="Machines in the run: start the same command on each, with its own --machine-rank.",
+    ),
+]
+MachineRankOption = Annotated[
+    int,
+    typer.Option("--machine-rank", min=0, help="This machine's rank (0: the main machine)."),
+]
+MainProcessIpOption = Annotated[
+    str | None,
+    typer.Option(
+        "--main-process-ip",
+        help="Address of the machine with rank 0, where the machines meet.",
+    ),
+]
+MainProcessPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--main-process-port",
+        help="Port on the main machine to meet at (default 29500).",
     ),
 ]
 AccelerateConfigOption = Annotated[
@@ -116,11 +143,15 @@ def finetune(
     ] = False,
     num_processes: NumProcessesOption = None,
     accelerate_config: AccelerateConfigOption = None,
+    num_machines: NumMachinesOption = None,
+    machine_rank: MachineRankOption = 0,
+    main_process_ip: MainProcessIpOption = None,
+    main_process_port: MainProcessPortOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Fine-tune a model as RECIPE says, evaluate it, and write a run directory."""
     with user_errors(debug):
-        from llmkit.launch import is_main_process, launched_by_accelerate, relaunch
+        from llmkit.launch import Machines, is_main_process, launched_by_accelerate, relaunch
         from llmkit.recipe.loading import load_recipe
 
         resolved = load_recipe(recipe, overrides or [])
@@ -131,15 +162,22 @@ def finetune(
 
             typer.echo(dryrun.describe(dryrun.dry_run(resolved, num_processes or 1)))
             return
-        if (num_processes or accelerate_config) and not launched_by_accelerate():
+        machines = Machines(num_machines or 1, machine_rank, main_process_ip, main_process_port)
+        distributed = resolved.train.distributed
+        launch = num_processes or accelerate_config or num_machines or distributed.strategy != "ddp"
+        if launch and not launched_by_accelerate():
             # The recipe was checked above, so a mistake is reported once, not by every process.
             from llmkit.training.batching import BatchPlan
+            from llmkit.training.strategies import check_strategy
 
-            BatchPlan.for_recipe(resolved, num_processes or 1)
+            machines.check()
+            check_strategy(distributed)
+            BatchPlan.for_recipe(resolved, machines.processes(num_processes))
             command = ["finetune", str(recipe), *(overrides or [])]
             command += ["--output-dir", str(resolved.output_dir)]
             command += [flag for flag, on in (("--overwrite", overwrite), ("--resume", resume)) if on]
-            relaunch(num_processes, accelerate_config, command + (["--debug"] if debug else []))
+            command += ["--debug"] if debug else []
+            relaunch(num_processes, accelerate_config, command, machines, distributed)
             return
 
         from llmkit.pipeline import finetune as run_finetune

@@ -1,15 +1,20 @@
 """Multi-process runs: `--num-processes N` starts the same command N times through accelerate's
 launcher (torchrun underneath); the processes then find each other through the environment the
-launcher sets, exactly as they do under a user's own `accelerate launch -m llmkit ...`."""
+launcher sets, exactly as they do under a user's own `accelerate launch -m llmkit ...`. With
+`--num-machines M`, one launcher per machine starts N processes each, and they rendezvous at the
+main machine's address."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit.errors import LlmkitError
+from llmkit.recipe.schema import DistributedSection
+from llmkit.training.strategies import launcher_arguments
 
 # Set in every launched process, so a launched command never launches again.
 LAUNCHED_ENV = "LLMKIT_LAUNCHED"
@@ -23,10 +28,59 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+@dataclass(frozen=True)
+class Machines:
+    """The machines of a run: one launcher on each, all meeting at the main machine (rank 0)."""
+
+    count: int = 1
+    rank: int = 0
+    main_ip: str | None = None
+    main_port: int | None = None
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise LlmkitError("--num-machines must be at least 1.")
+        if not 0 <= self.rank < self.count:
+            raise LlmkitError(
+                f"--machine-rank {self.rank} is not one of the {self.count} machines' ranks "
+                f"(0 to {self.count - 1}).",
+                hint="give the main machine rank 0 and the others 1, 2, ... in any order",
+            )
+        if self.count > 1 and self.main_ip is None:
+            raise LlmkitError(
+                f"--num-machines {self.count} needs --main-process-ip: the address of the machine "
+                "with rank 0, where the others meet.",
+                hint="give every machine the same --main-process-ip and --main-process-port",
+            )
+        if self.main_port is not None and not 0 < self.main_port < 65536:
+            raise LlmkitError(f"--main-process-port {self.main_port} is not a TCP port (1 to 65535).")
+
+    def processes(self, per_machine: int | None) -> int:
+        return (per_machine or 1) * self.count
+
+    def launcher_arguments(self) -> list[str]:
+        arguments = ["--num_machines", str(self.count)]
+        if self.count > 1:
+            arguments += ["--machine_rank", str(self.rank)]
+        if self.main_ip is not None:
+            arguments += ["--main_process_ip", self.main_ip]
+        if self.main_port is not None:
+            arguments += ["--main_process_port", str(self.main_port)]
+        return arguments
+
+
+ONE_MACHINE = Machines()
+
+
 def launch_command(
-    num_processes: int | None, accelerate_config: Path | None, command: list[str]
+    num_processes: int | None,
+    accelerate_config: Path | None,
+    command: list[str],
+    machines: Machines = ONE_MACHINE,
+    distributed: DistributedSection | None = None,
 ) -> list[str]:
-    """The `accelerate launch` command line that runs `llmkit COMMAND...` in each process."""
+    """The `accelerate launch` command line that runs `llmkit COMMAND...` in each process.
+    `num_processes` counts this machine's processes; accelerate's own counts all machines'."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config is not None:
         if not accelerate_config.is_file():
@@ -38,13 +92,16 @@ def launch_command(
     else:
         # Stated explicitly: accelerate otherwise warns about each default it fills in. Precision
         # comes from the recipe (train.precision), not from the launcher.
-        launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if num_processes is not None:
-        launcher += ["--num_processes", str(num_processes)]
-        if num_processes > 1:
-            # Starts one process per rank with torchrun; on a machine without CUDA the processes
-            # use the gloo backend on CPU (see llmkit.pipeline.distributed_state).
-            launcher += ["--multi_gpu"]
+        launcher += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    if accelerate_config is None or machines != ONE_MACHINE:
+        launcher += machines.launcher_arguments()
+    world_size = None  # the config file's
+    if accelerate_config is None or num_processes is not None or machines.count > 1:
+        world_size = machines.processes(num_processes)
+        launcher += ["--num_processes", str(world_size)]
+    # One process per rank with torchrun; on a machine without CUDA the processes use the gloo
+    # backend on CPU (see llmkit.pipeline.distributed_state).
+    launcher += launcher_arguments(distributed or DistributedSection(), world_size)
     return [*launcher, "-m", "llmkit", *command]
 
 
@@ -62,15 +119,24 @@ def check_gpus_for(num_processes: int | None) -> None:
         )
 
 
-def relaunch(num_processes: int | None, accelerate_config: Path | None, command: list[str]) -> None:
+def relaunch(
+    num_processes: int | None,
+    accelerate_config: Path | None,
+    command: list[str],
+    machines: Machines = ONE_MACHINE,
+    distributed: DistributedSection | None = None,
+) -> None:
     """Run `llmkit COMMAND...` under accelerate's launcher; raise if any process failed."""
     if num_processes is not None and num_processes < 1:
         raise LlmkitError("--num-processes must be at least 1.")
+    machines.check()
     check_gpus_for(num_processes)
-    argv = launch_command(num_processes, accelerate_config, command)
+    argv = launch_command(num_processes, accelerate_config, command, machines, distributed)
     returncode = subprocess.call(argv, env={**os.environ, LAUNCHED_ENV: "1"})
     if returncode != 0:
-        processes = f"one of the {num_processes} processes" if num_processes else "a launched process"
+        processes = (f"one of the {num_processes} processes" if num_processes else "a launched process") + (
+            f" of machine {machines.rank}" if machines.count > 1 else ""
+        )
         raise LlmkitError(
             f"The run failed in {processes} (exit code {returncode}); the messages above say why.",
             hint="the launcher stops the other processes when one fails",

@@ -33,3 +33,13 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return round(peak_resident_kb() / 2**10, 1)
+
+
+def peak_memory_mb_per_process() -> list[float]:
+    """Every process's peak (as `peak_memory_mb`), in rank order: sharding shows as lower peaks in
+    every process, which the main process's alone does not tell. A collective in a process group:
+    every process must call it."""
+    from accelerate.utils import gather_object
+
+    peaks: list[float] = gather_object([peak_memory_mb()])
+    return peaks

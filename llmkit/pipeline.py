@@ -82,11 +82,15 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
 
 def finetune(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train as the recipe says; returns the content written to results.json."""
+    from llmkit.launch import launched_by_accelerate
+    from llmkit.training import strategies
     from llmkit.training.batching import BatchPlan
     from llmkit.training.trainer import latest_checkpoint
 
     assert recipe.output_dir is not None
     output_dir = Path(recipe.output_dir)
+    strategies.check_strategy(recipe.train.distributed, launched=launched_by_accelerate())
+    strategies.set_process_environment(recipe.train.distributed)
     state = distributed_state()
     plan = BatchPlan.for_recipe(recipe, state.num_processes)
     checkpoint = None
@@ -166,11 +170,12 @@ def record_failure(run: RunDirectory, reason: str) -> None:
 
 
 def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan: Any) -> dict[str, Any]:
-    from llmkit.memory import peak_memory_mb as measured_peak_memory_mb
+    from llmkit.memory import peak_memory_mb_per_process
     from llmkit.models.loading import save_trained
     from llmkit.models.parameters import base_model, parameter_counts
     from llmkit.training.flops import flops_per_example
     from llmkit.training.precision import resolve_precision
+    from llmkit.training.strategies import gathered_state_dict, plain_class_name, unsharded_prompt_encoder
     from llmkit.training.trainer import build_trainer
     from llmkit.versions import run_versions
 
@@ -198,14 +203,20 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     lengths = [len(ids) for ids in splits["train"]["input_ids"]]
     tokens = sum(lengths) / len(lengths) * samples
     model_flops = flops_per_example(trainer.model, recipe.method, lengths) * samples
-    peak_memory_mb = measured_peak_memory_mb()
+    peaks = peak_memory_mb_per_process()
 
     names = ("loss", *prepared.task.metric_names(recipe.eval))
     metrics = {"validation": _final_validation(trainer, names)}
     if "test" in splits:
         metrics["test"] = _strip(trainer.evaluate(splits["test"], metric_key_prefix="test"), "test", names)
     check_finite(trainer.model, metrics, recipe)
-    _save_model(run, lambda path: save_trained(trainer.model, prepared.tokenizer, prepared.label_names, path))
+    # Sharded weights are gathered by every process (a collective), then written by the main one.
+    weights = gathered_state_dict(trainer, recipe.train.distributed)
+    with unsharded_prompt_encoder(trainer.model):
+        _save_model(
+            run,
+            lambda path: save_trained(trainer.model, prepared.tokenizer, prepared.label_names, path, weights),
+        )
     if run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):
         run.checkpoints_dir.rmdir()
 
@@ -216,7 +227,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
         "model": {
             "checkpoint": recipe.model.checkpoint,
             "model_type": prepared.traits.model_type,
-            "architecture": type(base_model(trainer.model)).__name__,
+            "architecture": plain_class_name(base_model(trainer.model)),
         },
         "task": recipe.task.model_dump(mode="json"),
         "method": recipe.method.model_dump(mode="json"),
@@ -236,6 +247,9 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             "learning_rate": recipe.learning_rate,
             "batch_size": recipe.train.batch_size,
             "world_size": plan.world_size,
+            "strategy": recipe.train.distributed.strategy,
+            # What accelerate actually ran (FSDP, DEEPSPEED, MULTI_GPU, MULTI_CPU for DDP on CPU, NO).
+            "distributed_type": str(trainer.accelerator.distributed_type.value),
             "micro_batch_size": plan.micro_batch_size,
             "gradient_accumulation_steps": plan.accumulation_steps,
             "precision": resolve_precision(recipe.train.precision),
@@ -247,7 +261,8 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             # is counted); over the hardware's peak it gives MFU, which `llmkit bench` reports.
             "model_flops": float(f"{model_flops:.4g}"),
             "model_flops_per_second": float(f"{model_flops / training_seconds:.4g}"),
-            "peak_memory_mb": peak_memory_mb,
+            "peak_memory_mb": peaks[0],
+            "peak_memory_mb_per_process": peaks,
             "device": str(trainer.args.device),
         },
         "parameters": parameter_counts(trainer.model),

@@ -137,9 +137,16 @@ def _explained_load_errors(location: CheckpointLocation) -> Iterator[None]:
         ) from exc
 
 
-def save_trained(model: Any, tokenizer: PreTrainedTokenizerBase, label_names: list[str], path: Path) -> None:
-    """Write the model (or adapter with its trained head), tokenizer and label names."""
-    model.save_pretrained(path)
+def save_trained(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    label_names: list[str],
+    path: Path,
+    state_dict: dict[str, Any] | None = None,
+) -> None:
+    """Write the model (or adapter with its trained head), tokenizer and label names. `state_dict`:
+    the whole model's weights gathered from a sharded run (PEFT keeps the adapter's part)."""
+    model.save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
     (path / LABELS_FILE).write_text(json.dumps({"label_names": label_names}, indent=2) + "\n")
 

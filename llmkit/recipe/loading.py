@@ -409,10 +409,12 @@ def _model_at(parent: KeyPath, tree: dict[str, Any]) -> type[BaseModel] | None:
         name = task.get("name", DEFAULT_TASK) if isinstance(task, dict) else DEFAULT_TASK
         task_spec = TASKS.get(name)
         return task_spec.options if task_spec else None
-    if len(parent) == 1:
-        annotation = Recipe.model_fields[parent[0]].annotation if parent[0] in Recipe.model_fields else None
-        return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return None
+    model: type[BaseModel] | None = Recipe
+    for name in parent:  # a section, or a section inside one (train.distributed)
+        field = model.model_fields.get(name) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
 
 
 def _other_homes(key: str, parent: KeyPath, tree: dict[str, Any]) -> str:

@@ -159,6 +159,35 @@ else:  # a tagged union of every registered task's options
     ]
 
 
+class DistributedSection(Section):
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp",
+        description="How several processes share the training: ddp (a full copy of the model in "
+        "each, gradients averaged), fsdp (parameters, gradients and optimizer state sharded per "
+        "transformer layer: PyTorch FSDP2; CUDA GPUs) or deepspeed (ZeRO; CUDA GPUs and the "
+        "deepspeed package). fsdp and deepspeed always run under accelerate's launcher.",
+    )
+    zero_stage: Literal[1, 2, 3] | None = Field(
+        None,
+        description="DeepSpeed ZeRO stage (deepspeed only): 1 shards optimizer state, 2 also "
+        "gradients, 3 also parameters. null: 3.",
+    )
+
+    @model_validator(mode="after")
+    def _zero_stage_is_deepspeeds(self) -> DistributedSection:
+        if self.zero_stage is not None and self.strategy != "deepspeed":
+            raise ValueError(
+                f"train.distributed.zero_stage is a DeepSpeed setting, and strategy is "
+                f"{self.strategy}; set strategy: deepspeed or remove zero_stage"
+            )
+        return self
+
+    @property
+    def shards(self) -> bool:
+        """Whether parameters live in pieces across processes (saving must gather them)."""
+        return self.strategy == "fsdp" or (self.strategy == "deepspeed" and self.zero_stage in (None, 3))
+
+
 class TrainSection(Section):
     epochs: PositiveFloat = Field(3.0, description="Passes over the training data; may be fractional.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many steps.")
@@ -200,6 +229,7 @@ class TrainSection(Section):
     keep_checkpoints: PositiveInt = Field(
         2, description="Most recent checkpoints kept; all are deleted once the run completes."
     )
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
 
     @model_validator(mode="after")
     def _micro_batch_divides_batch(self) -> TrainSection:

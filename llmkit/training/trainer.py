@@ -20,6 +20,11 @@ from llmkit.errors import LlmkitError
 from llmkit.fsutil import dumps, move_into_place
 from llmkit.training.batching import BatchPlan
 from llmkit.training.precision import resolve_precision
+from llmkit.training.strategies import (
+    prompt_encoder_is_sharded,
+    trainer_arguments,
+    unsharded_prompt_encoder,
+)
 
 # Trainer writes a checkpoint's files one by one; they are written here and renamed into place
 # when complete, so a kill while saving never leaves a checkpoint that looks complete.
@@ -91,10 +96,24 @@ class LlmkitTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir = str(final_root)
+        # Every process writes its own random-number state into the checkpoint (and FSDP's
+        # sharded saves write from every process): all must be done before it is moved into place.
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             move_into_place(staging_root / name, final_root / name)
             rotate_checkpoints(str(final_root), save_total_limit=self.args.save_total_limit)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not prompt_encoder_is_sharded(self.model):
+            super().save_model(output_dir, _internal_call)
+            return
+        # Trainer's own FSDP saving (state dict gathered by every process, written by the main
+        # one), with the prompt encoder whole while PEFT computes what it saves.
+        state_dict = self.accelerator.get_state_dict(self.model)
+        with unsharded_prompt_encoder(self.model):
+            if self.args.should_save:
+                self._save(output_dir or self.args.output_dir, state_dict=state_dict)
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
         start = time.perf_counter()
@@ -162,7 +181,10 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return Path(found) if found else None
 
 
-def training_arguments(recipe: Recipe, output_dir: Path, plan: BatchPlan) -> TrainingArguments:
+def training_arguments(
+    recipe: Recipe, output_dir: Path, plan: BatchPlan, strategy: dict[str, Any] | None = None
+) -> TrainingArguments:
+    """`strategy`: the arguments of train.distributed.strategy (llmkit.training.strategies)."""
     train = recipe.train
     every = train.checkpoint_every
     precision = resolve_precision(train.precision)
@@ -202,6 +224,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, plan: BatchPlan) -> Tra
         average_tokens_across_devices=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        **(strategy or {}),
     )
 
 
@@ -219,7 +242,7 @@ def build_trainer(
 ) -> LlmkitTrainer:
     trainer = LlmkitTrainer(
         model=model,
-        args=training_arguments(recipe, output_dir, plan),
+        args=training_arguments(recipe, output_dir, plan, trainer_arguments(recipe.train.distributed, model)),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=task.collator(tokenizer, recipe.method),

@@ -1,0 +1,304 @@
+"""train.distributed: the recipe keys, the refusals before launch, the launcher command lines, and
+(on a CUDA machine: `gpu` tests) FSDP through the CLI for every method, its saved model reloaded
+and evaluated in one process.
+
+accelerate 1.15 turns its FSDP and DeepSpeed plugins on only for GPU process groups (on CPU it
+quietly trains DDP), so sharded training itself is tested where there is a GPU. One GPU is enough:
+FSDP over a process group of one runs the same code (fully_shard per layer, DTensor parameters,
+the full state dict gathered to save); two ranks cannot share one GPU under NCCL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_distributed import LAUNCH_TIMEOUT_S, _single_process_evaluation
+
+from llmkit.launch import Machines, launch_command
+from llmkit.recipe.schema import DistributedSection
+from llmkit.training.strategies import StrategyUnavailable, check_strategy, launcher_arguments
+
+from helpers import explain, log_entries, results_of
+
+# ----------------------------------------------------------------------------- recipe keys
+
+
+def test_zero_stage_belongs_to_deepspeed(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, cli: Any, tmp_path: Path
+) -> None:
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"distributed": {"strategy": "fsdp"}})
+    result = cli("finetune", recipe, "train.distributed.zero_stage=2", "--output-dir", tmp_path / "run")
+    assert result.exit_code != 0, explain(result)
+    assert "zero_stage is a DeepSpeed setting, and strategy is fsdp" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_strategy_is_refused_with_the_choices(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, cli: Any, tmp_path: Path
+) -> None:
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora")
+    result = cli("finetune", recipe, "train.distributed.strategy=zero", "--output-dir", tmp_path / "run")
+    assert result.exit_code != 0, explain(result)
+    assert "train.distributed.strategy" in result.stderr
+    assert "'ddp', 'fsdp' or 'deepspeed'" in result.stderr
+    misspelt = cli("finetune", recipe, "train.distributed.stratgy=fsdp", "--output-dir", tmp_path / "run")
+    assert "Did you mean 'train.distributed.strategy'?" in misspelt.stderr
+
+
+def test_deepspeed_shards_parameters_at_stage_3_only() -> None:
+    assert DistributedSection(strategy="fsdp").shards
+    assert DistributedSection(strategy="deepspeed").shards  # stage 3 by default
+    assert not DistributedSection(strategy="deepspeed", zero_stage=2).shards
+    assert not DistributedSection().shards
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_a_sharded_strategy_on_cpu_is_refused_before_launching(
+    strategy: str, bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, cli: Any, tmp_path: Path
+) -> None:
+    recipe = make_recipe(
+        bert_checkpoint, sentiment_data, "lora", train={"distributed": {"strategy": strategy}}
+    )
+    result = cli("finetune", recipe, "--num-processes", "2", "--output-dir", tmp_path / "run")
+    assert result.exit_code == 2, explain(result)
+    assert f"train.distributed.strategy={strategy} needs CUDA GPUs" in result.stderr
+    assert "on CPU use train.distributed.strategy=ddp" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_deepspeed_without_its_package_says_what_to_install(monkeypatch: Any) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a),
+    )
+    with pytest.raises(StrategyUnavailable) as refused:
+        check_strategy(DistributedSection(strategy="deepspeed"))
+    assert "needs the deepspeed package (`pip install deepspeed`)" in str(refused.value)
+    assert "or use train.distributed.strategy=fsdp" in str(refused.value)
+
+
+def test_a_sharded_strategy_needs_the_launcher(monkeypatch: Any) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(StrategyUnavailable) as refused:
+        check_strategy(DistributedSection(strategy="fsdp"), launched=False)
+    assert "runs in processes started by accelerate's launcher" in str(refused.value)
+    check_strategy(DistributedSection(strategy="fsdp"), launched=True)
+    check_strategy(DistributedSection(), launched=False)  # ddp: one process trains as it is
+
+
+# ----------------------------------------------------------------------------- launcher
+
+
+def _flags(argv: list[str]) -> list[str]:
+    return argv[argv.index("accelerate.commands.launch") + 1 : argv.index("-m", 3)]
+
+
+def test_launch_command_per_strategy_and_machines(tmp_path: Path) -> None:
+    command = ["finetune", "recipe.yaml"]
+    ddp = _flags(launch_command(2, None, command))
+    assert ddp[ddp.index("--num_processes") + 1] == "2" and "--multi_gpu" in ddp
+    assert ddp[ddp.index("--num_machines") + 1] == "1"
+
+    fsdp = _flags(launch_command(None, None, command, distributed=DistributedSection(strategy="fsdp")))
+    assert fsdp[fsdp.index("--num_processes") + 1] == "1"
+    assert fsdp[fsdp.index("--fsdp_version") + 1] == "2" and "--use_fsdp" in fsdp
+    assert "--multi_gpu" not in fsdp  # accelerate allows one of them
+
+    deepspeed = _flags(launch_command(1, None, command, distributed=DistributedSection(strategy="deepspeed")))
+    assert deepspeed[deepspeed.index("--zero_stage") + 1] == "3" and "--use_deepspeed" in deepspeed
+
+    # --num-processes counts this machine's processes, accelerate's --num_processes all machines'.
+    machines = Machines(count=2, rank=1, main_ip="10.0.0.1", main_port=29555)
+    two = _flags(launch_command(4, None, command, machines))
+    assert two[two.index("--num_processes") + 1] == "8"
+    assert [two[two.index(flag) + 1] for flag in ("--num_machines", "--machine_rank")] == ["2", "1"]
+    assert [two[two.index(flag) + 1] for flag in ("--main_process_ip", "--main_process_port")] == [
+        "10.0.0.1",
+        "29555",
+    ]
+
+    config = tmp_path / "accelerate.yaml"
+    config.write_text("num_processes: 4\n")
+    own = _flags(launch_command(None, config, command))
+    assert own == ["--config_file", str(config)]  # the file's processes and machines stand
+
+
+def test_ddp_launcher_arguments_leave_one_process_alone() -> None:
+    assert launcher_arguments(DistributedSection(), 1) == []
+    assert launcher_arguments(DistributedSection(), None) == []  # an accelerate config file decides
+
+
+# ----------------------------------------------------------------------------- FSDP on a GPU
+
+GPU_TRAIN = {"epochs": 3, "batch_size": 8, "learning_rate": 2e-2, "eval_batch_size": 16}
+GPU_METHODS = {
+    "full": {"learning_rate": 1e-3},
+    "lora": {},
+    "prefix": {"learning_rate": 1e-2},
+    "prompt": {"learning_rate": 3e-2},
+}
+
+
+def _launch_on_gpu(*args: Any) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "llmkit", *map(str, args)]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=dict(os.environ)
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", list(GPU_METHODS))
+def test_fsdp_run_saves_an_ordinary_checkpoint_that_evaluates_the_same_in_one_process(
+    method: str, gpt2_checkpoint: Path, sentiment_data: Any, make_recipe: Any, tmp_path: Path
+) -> None:
+    train = {**GPU_TRAIN, **GPU_METHODS[method]}
+    plain = make_recipe(gpt2_checkpoint, sentiment_data, method, train=train, name="plain.yaml")
+    sharded = make_recipe(
+        gpt2_checkpoint,
+        sentiment_data,
+        method,
+        train={**train, "distributed": {"strategy": "fsdp"}},
+        name="fsdp.yaml",
+    )
+    result = _launch_on_gpu("finetune", sharded, "--num-processes", 1, "--output-dir", tmp_path / "fsdp")
+    assert result.returncode == 0, result.stderr[-4000:]
+    reference = _launch_on_gpu("finetune", plain, "--output-dir", tmp_path / "plain")
+    assert reference.returncode == 0, reference.stderr[-4000:]
+
+    results = results_of(tmp_path / "fsdp")
+    assert (results["train"]["strategy"], results["train"]["distributed_type"]) == ("fsdp", "FSDP")
+    assert results["model"]["architecture"] == "GPT2ForSequenceClassification"
+    # The same files as a one-process run writes, with the same tensors in them.
+    files = sorted(p.name for p in (tmp_path / "fsdp" / "model").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "plain" / "model").iterdir())
+    config = tmp_path / "fsdp" / "model" / ("adapter_config.json" if method != "full" else "config.json")
+    assert "FSDP" not in config.read_text()
+    _assert_same_tensor_shapes(tmp_path / "fsdp" / "model", tmp_path / "plain" / "model")
+
+    single = _single_process_evaluation(tmp_path / "fsdp", gpt2_checkpoint)
+    validation = results["metrics"]["validation"]
+    assert single["rows"] == results["data"]["validation_rows"]
+    assert (validation["accuracy"], validation["f1"]) == (single["accuracy"], single["f1"])
+    assert validation["loss"] == pytest.approx(single["loss"], abs=1e-4)
+    # A process group of one computes what one process does: the same loss curve.
+    losses = [e["loss"] for e in log_entries(tmp_path / "fsdp") if "loss" in e and "eval_loss" not in e]
+    expected = [e["loss"] for e in log_entries(tmp_path / "plain") if "loss" in e and "eval_loss" not in e]
+    assert losses == pytest.approx(expected, abs=5e-3)
+
+
+def _assert_same_tensor_shapes(model_dir: Path, reference_dir: Path) -> None:
+    from safetensors import safe_open
+
+    (weights,) = model_dir.glob("*.safetensors")
+    with safe_open(str(weights), "pt") as saved, safe_open(str(reference_dir / weights.name), "pt") as ref:
+        assert sorted(saved.keys()) == sorted(ref.keys())
+        for key in saved.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+            assert saved.get_slice(key).get_shape() == ref.get_slice(key).get_shape(), key
+
+
+@pytest.mark.gpu
+def test_an_interrupted_fsdp_run_resumes_from_its_checkpoint(
+    gpt2_checkpoint: Path, sentiment_data: Any, make_recipe: Any, tmp_path: Path
+) -> None:
+    train = {**GPU_TRAIN, "epochs": 2, "distributed": {"strategy": "fsdp"}}
+    recipe = make_recipe(gpt2_checkpoint, sentiment_data, "lora", train=train)
+    whole = _launch_on_gpu("finetune", recipe, "--output-dir", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-4000:]
+
+    # Fails at step 30 of 50, after the checkpoint of the first epoch (step 25).
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "if 'RANK' in os.environ:\n"
+        "    import llmkit.training.trainer as trainer\n"
+        "    original = trainer.LlmkitTrainer.training_step\n"
+        "    def failing_step(self, *args, **kwargs):\n"
+        "        if self.state.global_step == 30:\n"
+        "            raise RuntimeError('the GPU fell off the bus')\n"
+        "        return original(self, *args, **kwargs)\n"
+        "    trainer.LlmkitTrainer.training_step = failing_step\n"
+    )
+    pythonpath = os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
+    run_dir = tmp_path / "run"
+    failed = subprocess.run(
+        [sys.executable, "-m", "llmkit", "finetune", str(recipe), "--output-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
+        env={**os.environ, "PYTHONPATH": pythonpath},
+    )
+    assert failed.returncode != 0 and "the GPU fell off the bus" in failed.stderr
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["last_checkpoint"].endswith("checkpoint-25")
+
+    resumed = _launch_on_gpu("finetune", recipe, "--output-dir", run_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    results, expected = results_of(run_dir), results_of(tmp_path / "whole")
+    assert results["train"]["resumed_from_step"] == 25
+    for split in ("validation", "test"):
+        assert results["metrics"][split] == pytest.approx(expected["metrics"][split], abs=1e-4), split
+
+
+# ----------------------------------------------------------------------------- FSDP on CPU
+
+FSDP_ON_CPU = Path(__file__).parent / "fsdp_on_cpu"
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt"])
+def test_fsdp_path_on_two_cpu_processes_with_accelerates_gpu_gate_lifted(
+    method: str, gpt2_checkpoint: Path, sentiment_data: Any, make_recipe: Any, tmp_path: Path
+) -> None:
+    """llmkit's FSDP code on 2 CPU processes over gloo, with the two GPU-only steps of accelerate
+    and torch replaced as tests/fsdp_on_cpu/sitecustomize.py says; the gpu tests above run it
+    unchanged. The model is sharded (accelerate reports FSDP), trains, and saves an adapter that
+    a one-process evaluation scores exactly as the sharded run did."""
+    train = {**GPU_TRAIN, "epochs": 2, **GPU_METHODS[method], "distributed": {"strategy": "fsdp"}}
+    recipe = make_recipe(gpt2_checkpoint, sentiment_data, method, train=train)
+    pythonpath = os.pathsep.join(filter(None, [str(FSDP_ON_CPU), os.environ.get("PYTHONPATH")]))
+    marker = tmp_path / "sharded"
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "LLMKIT_TEST_FSDP_ON_CPU": "1",
+        "LLMKIT_TEST_FSDP_MARKER": str(marker),
+        "PYTHONPATH": pythonpath,
+    }
+    run_dir = tmp_path / "run"
+    command = ["finetune", recipe, "--num-processes", 2, "--output-dir", run_dir]
+    result = subprocess.run(
+        [sys.executable, "-m", "llmkit", *map(str, command)],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = results_of(run_dir)
+    assert (results["train"]["strategy"], results["train"]["world_size"]) == ("fsdp", 2)
+    # Both processes gathered an FSDP2-sharded model's state dict (checkpoint and final save).
+    assert sorted(set(marker.read_text().split())) == ["0", "1"]
+    assert len(results["train"]["peak_memory_mb_per_process"]) == 2
+    assert {"adapter_config.json", "adapter_model.safetensors", "labels.json"} <= {
+        p.name for p in (run_dir / "model").iterdir()
+    }
+    single = _single_process_evaluation(run_dir, gpt2_checkpoint)
+    validation = results["metrics"]["validation"]
+    assert single["rows"] == results["data"]["validation_rows"]
+    assert (validation["accuracy"], validation["f1"]) == (single["accuracy"], single["f1"])
+    assert validation["loss"] == pytest.approx(single["loss"], abs=1e-5)
