@@ -267,32 +267,37 @@ def test_fsdp_path_on_two_cpu_processes_with_accelerates_gpu_gate_lifted(
     """llmkit's FSDP code on 2 CPU processes over gloo, with the two GPU-only steps of accelerate
     and torch replaced as tests/fsdp_on_cpu/sitecustomize.py says; the gpu tests above run it
     unchanged. The model is sharded (accelerate reports FSDP), trains, and saves an adapter that
-    a one-process evaluation scores exactly as the sharded run did."""
+    a one-process evaluation scores exactly as the sharded run did. The LoRA run is interrupted
+    after its first checkpoint and resumed from it."""
     train = {**GPU_TRAIN, "epochs": 2, **GPU_METHODS[method], "distributed": {"strategy": "fsdp"}}
     recipe = make_recipe(gpt2_checkpoint, sentiment_data, method, train=train)
     pythonpath = os.pathsep.join(filter(None, [str(FSDP_ON_CPU), os.environ.get("PYTHONPATH")]))
-    marker = tmp_path / "sharded"
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": "",
-        "LLMKIT_TEST_FSDP_ON_CPU": "1",
-        "LLMKIT_TEST_FSDP_MARKER": str(marker),
-        "PYTHONPATH": pythonpath,
-    }
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "LLMKIT_TEST_FSDP_ON_CPU": "1", "PYTHONPATH": pythonpath}
     run_dir = tmp_path / "run"
-    command = ["finetune", recipe, "--num-processes", 2, "--output-dir", run_dir]
-    result = subprocess.run(
-        [sys.executable, "-m", "llmkit", *map(str, command)],
-        capture_output=True,
-        text=True,
-        timeout=LAUNCH_TIMEOUT_S,
-        env=env,
-    )
+
+    def finetune(*flags: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        command = ["finetune", str(recipe), "--num-processes", "2", "--output-dir", str(run_dir), *flags]
+        return subprocess.run(
+            [sys.executable, "-m", "llmkit", *command],
+            capture_output=True,
+            text=True,
+            timeout=LAUNCH_TIMEOUT_S,
+            env={**env, **extra_env},
+        )
+
+    if method == "lora":  # 25 steps an epoch: fails at step 30, after the first checkpoint
+        failed = finetune(LLMKIT_TEST_FAIL_AT_STEP="30")
+        assert failed.returncode != 0 and "interrupted at step 30" in failed.stderr
+        checkpoint = run_dir / "checkpoints" / "checkpoint-25"
+        # FSDP's checkpoint: whole model and optimizer state, as FULL_STATE_DICT saves them.
+        assert {"pytorch_model_fsdp.bin", "optimizer.bin"} <= {p.name for p in checkpoint.iterdir()}
+        result = finetune("--resume")
+    else:
+        result = finetune()
     assert result.returncode == 0, result.stderr[-4000:]
     results = results_of(run_dir)
-    assert (results["train"]["strategy"], results["train"]["world_size"]) == ("fsdp", 2)
-    # Both processes gathered an FSDP2-sharded model's state dict (checkpoint and final save).
-    assert sorted(set(marker.read_text().split())) == ["0", "1"]
+    assert (results["train"]["distributed_type"], results["train"]["world_size"]) == ("FSDP", 2)
+    assert results["train"]["resumed_from_step"] == (25 if method == "lora" else None)
     assert len(results["train"]["peak_memory_mb_per_process"]) == 2
     assert {"adapter_config.json", "adapter_model.safetensors", "labels.json"} <= {
         p.name for p in (run_dir / "model").iterdir()

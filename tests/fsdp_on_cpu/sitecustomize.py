@@ -3,7 +3,8 @@ FSDP path run on this CPU machine over gloo. Two things differ from a GPU machin
 are changed:
 
 1. accelerate 1.15 honours its FSDP plugin only for GPU process groups (AcceleratorState keeps a
-   CPU group on DDP), and llmkit refuses FSDP without CUDA for that reason: both gates are lifted.
+   CPU group on DDP), and llmkit refuses FSDP without CUDA for that reason: both gates are lifted
+   (the state then reports FSDP, as it does on GPUs).
 2. On CPU, torch's `get_model_state_dict(cpu_offload=True)` does not copy (the tensors already are
    on the CPU), so the full state dict accelerate returns shares storage that FSDP frees when it
    reshards; on a GPU it is a copy. The same gather, copied here.
@@ -29,6 +30,8 @@ if os.environ.get("LLMKIT_TEST_FSDP_ON_CPU"):
         if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
             self.distributed_type = DistributedType.FSDP
             self.fsdp_plugin = fsdp_plugin
+            # AcceleratorState copies PartialState's type back whenever it is built again.
+            state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
     state.AcceleratorState.__init__ = init
     gather = accelerate.Accelerator.get_state_dict
@@ -39,10 +42,6 @@ if os.environ.get("LLMKIT_TEST_FSDP_ON_CPU"):
 
         if not isinstance(model, FSDPModule):
             return gather(self, model, unwrap)
-        marker = os.environ.get("LLMKIT_TEST_FSDP_MARKER")
-        if marker:  # evidence for the test that the model really was sharded by FSDP2
-            with open(marker, "a") as handle:
-                handle.write(f"{torch.distributed.get_rank()}\n")
         options = StateDictOptions(full_state_dict=True, cpu_offload=False)
         full = get_model_state_dict(model, options=options)
         return {k: v.clone() for k, v in full.items()} if torch.distributed.get_rank() == 0 else {}
