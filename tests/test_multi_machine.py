@@ -105,6 +105,7 @@ def test_two_machines_write_one_run_whose_metrics_match_one_process(
         "two-machines"
     ]
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".llmkit",  # the marker and lock file, held by the main process only
         "log.jsonl",
         "model",
         "recipe.yaml",
