@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from llmkit.errors import LlmkitError
+from llmkit.world_size import requested_env
 
 # Set in every launched process, so a launched command never launches again.
 LAUNCHED_ENV = "LLMKIT_LAUNCHED"
@@ -68,7 +69,8 @@ def relaunch(num_processes: int | None, accelerate_config: Path | None, command:
         raise LlmkitError("--num-processes must be at least 1.")
     check_gpus_for(num_processes)
     argv = launch_command(num_processes, accelerate_config, command)
-    returncode = subprocess.call(argv, env={**os.environ, LAUNCHED_ENV: "1"})
+    env = {**os.environ, LAUNCHED_ENV: "1", **requested_env(num_processes, accelerate_config)}
+    returncode = subprocess.call(argv, env=env)
     if returncode != 0:
         processes = f"one of the {num_processes} processes" if num_processes else "a launched process"
         raise LlmkitError(
