@@ -20,7 +20,7 @@ app = typer.Typer(
     "files: full fine-tuning, LoRA, "
     "prefix or prompt tuning.",
     no_args_is_help=True,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -185,7 +185,12 @@ def finetune(
 
         results = run_finetune(resolved, overwrite=overwrite, resume=resume)
         if is_main_process():
+            from llmkit.models.card import run_loading_code
+
             print_summary(results, str(resolved.output_dir))
+            model_dir = Path(str(resolved.output_dir)) / "model"
+            typer.echo(f"load it with transformers/PEFT (also in {model_dir}/README.md):\n")
+            typer.echo(run_loading_code(resolved, results, model_dir))
 
 
 # ----------------------------------------------------------------------------- trained runs
@@ -433,13 +438,18 @@ def recipes_new(
 
 
 @recipes_app.command("schema")
-def recipes_schema() -> None:
-    """The recipe format as JSON Schema, for editor completion and checking."""
+def recipes_schema(
+    bench_files: Annotated[
+        bool, typer.Option("--bench", help="The bench file format (recipes/benchmarks/) instead.")
+    ] = False,
+) -> None:
+    """The recipe format (or with --bench the bench file format) as JSON Schema, for editor
+    completion and checking."""
     import json
 
-    from llmkit.recipe.tools import json_schema
+    from llmkit.recipe.tools import bench_json_schema, json_schema
 
-    typer.echo(json.dumps(json_schema(), indent=2))
+    typer.echo(json.dumps(bench_json_schema() if bench_files else json_schema(), indent=2))
 
 
 # ----------------------------------------------------------------------------- bench

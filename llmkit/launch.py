@@ -15,6 +15,7 @@ from pathlib import Path
 from llmkit.errors import LlmkitError
 from llmkit.recipe.schema import DistributedSection
 from llmkit.training.strategies import launcher_arguments
+from llmkit.world_size import requested_env
 
 # Set in every launched process, so a launched command never launches again.
 LAUNCHED_ENV = "LLMKIT_LAUNCHED"
@@ -132,7 +133,8 @@ def relaunch(
     machines.check()
     check_gpus_for(num_processes)
     argv = launch_command(num_processes, accelerate_config, command, machines, distributed)
-    returncode = subprocess.call(argv, env={**os.environ, LAUNCHED_ENV: "1"})
+    env = {**os.environ, LAUNCHED_ENV: "1", **requested_env(num_processes, accelerate_config)}
+    returncode = subprocess.call(argv, env=env)
     if returncode != 0:
         processes = (f"one of the {num_processes} processes" if num_processes else "a launched process") + (
             f" of machine {machines.rank}" if machines.count > 1 else ""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmkit.errors import LlmkitError, RunDirectoryError
 from llmkit.fsutil import check_replaceable, replace_dir
-from llmkit.runs import load_model, read_run
+from llmkit.runs import TrainedRun, load_model, read_run
 
 if TYPE_CHECKING:
     from llmkit.recipe.schema import DataSection
@@ -43,16 +43,16 @@ def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> Merge
         raise LlmkitError(
             f"A {method} run cannot be merged: {refusal}.",
             hint=f"use the run as it is (llmkit predict {run_dir} ...), or load {trained.run.model_dir} "
-            f"with peft.{auto_class.replace('AutoModel', 'AutoPeftModel')}",
+            "with plain transformers and PEFT as its README.md shows",
         )
     _check_output_dir(output_dir, run_dir, overwrite, trained.recipe.model.checkpoint)
     if not (trained.run.model_dir / "adapter_config.json").is_file():
         # Full fine-tuning (or any method that trains the weights themselves) saves a plain checkpoint.
-        replace_dir(
-            output_dir,
-            lambda target: shutil.copytree(trained.run.model_dir, target, dirs_exist_ok=True),
-            kind=MARKER_KIND,
-        )
+        def copy(target: Path) -> None:
+            shutil.copytree(trained.run.model_dir, target, dirs_exist_ok=True)
+            _share(trained, target, output_dir)
+
+        replace_dir(output_dir, copy, kind=MARKER_KIND)
         return MergeResult(
             method,
             output_dir,
@@ -66,6 +66,7 @@ def merge_run(run_dir: Path, output_dir: Path, overwrite: bool = False) -> Merge
 
     def save_and_check(target: Path) -> float:
         _save(merged, loaded.tokenizer, target)
+        _share(trained, target, output_dir)
         difference = _reloaded_difference(target, before, task, data)
         if difference > LOGIT_TOLERANCE:
             raise LlmkitError(
@@ -99,6 +100,20 @@ def _check_output_dir(output_dir: Path, run_dir: Path, overwrite: bool, base: st
 def _save(model: Any, tokenizer: Any, target: Path) -> None:
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+
+
+def _share(trained: TrainedRun, target: Path, output_dir: Path) -> None:
+    """The merged checkpoint's own model card, and its files free of this machine's paths."""
+    import json
+
+    from llmkit.models.card import card_facts, write_card
+    from llmkit.models.sharing import record_base
+    from llmkit.rundir import RESULTS_FILE
+
+    results = json.loads((trained.run.path / RESULTS_FILE).read_text(encoding="utf-8"))
+    facts = card_facts(trained.recipe, results, output_dir, is_adapter=False)
+    record_base(target, facts.base)
+    write_card(target, facts)
 
 
 def _probe_logits(model: Any, tokenizer: Any, task: Task, data: DataSection) -> Any:

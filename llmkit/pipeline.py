@@ -5,6 +5,7 @@ task (sequence classification, token classification...) is asked of the recipe's
 
 from __future__ import annotations
 
+import sys
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +48,13 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     from llmkit.models.loading import load_classifier
     from llmkit.tasks import task_for
     from llmkit.training.precision import check_precision
+    from llmkit.training.tracking import check_trackers
 
     quiet_libraries()
     if not show_progress:  # other processes of a multi-process run stay quiet
         datasets.disable_progress_bars()
     check_precision(recipe.train.precision)
+    check_trackers(recipe.train.report_to)
     task = task_for(recipe.task)
     labelled = task.load_splits(recipe.data, seed=recipe.train.seed)
     task.check_metrics(recipe.eval, labelled.label_names)
@@ -92,6 +95,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> d
     strategies.check_strategy(recipe.train.distributed, launched=launched_by_accelerate())
     strategies.set_process_environment(recipe.train.distributed)
     state = distributed_state()
+    _warn_about_world_size(state)
     plan = BatchPlan.for_recipe(recipe, state.num_processes)
     checkpoint = None
     run: RunDirectory | None = None
@@ -171,7 +175,6 @@ def record_failure(run: RunDirectory, reason: str) -> None:
 
 def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan: Any) -> dict[str, Any]:
     from llmkit.memory import peak_memory_mb_per_process
-    from llmkit.models.loading import save_trained
     from llmkit.models.parameters import base_model, parameter_counts
     from llmkit.training.flops import flops_per_example
     from llmkit.training.precision import resolve_precision
@@ -210,17 +213,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     if "test" in splits:
         metrics["test"] = _strip(trainer.evaluate(splits["test"], metric_key_prefix="test"), "test", names)
     check_finite(trainer.model, metrics, recipe)
-    # Sharded weights are gathered by every process (a collective), then written by the main one.
-    weights = gathered_state_dict(trainer, recipe.train.distributed)
-    with unsharded_prompt_encoder(trainer.model):
-        _save_model(
-            run,
-            lambda path: save_trained(trainer.model, prepared.tokenizer, prepared.label_names, path, weights),
-        )
-    if run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):
-        run.checkpoints_dir.rmdir()
-
-    return {
+    results = {
         "status": "completed",
         "started_at": started_at,
         "finished_at": now(),
@@ -268,6 +261,44 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
         "parameters": parameter_counts(trainer.model),
         "versions": run_versions(),
     }
+    # Sharded weights are gathered by every process (a collective), then written by the main one.
+    weights = gathered_state_dict(trainer, recipe.train.distributed)
+    with unsharded_prompt_encoder(trainer.model):
+        _save_model(
+            run, lambda path: _save_shared(trainer.model, prepared, results, path, run.model_dir, weights)
+        )
+    if run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):
+        run.checkpoints_dir.rmdir()
+    return results
+
+
+def _save_shared(
+    model: Any,
+    prepared: Prepared,
+    results: dict[str, Any],
+    staging: Path,
+    final: Path,
+    weights: dict[str, Any] | None = None,
+) -> None:
+    """The trained model with what other tools need to use it: the tokenizer truncating as
+    training did, the base named without this machine's paths, and a model card."""
+    from llmkit.models.card import card_facts, write_card
+    from llmkit.models.loading import save_trained
+    from llmkit.models.sharing import ADAPTER_CONFIG_FILE, record_base
+
+    recipe = prepared.recipe
+    save_trained(model, prepared.tokenizer, prepared.label_names, staging, recipe.data.max_length, weights)
+    facts = card_facts(recipe, results, final, is_adapter=(staging / ADAPTER_CONFIG_FILE).is_file())
+    record_base(staging, facts.base)
+    write_card(staging, facts)
+
+
+def _warn_about_world_size(state: Any) -> None:
+    from llmkit.world_size import world_size_warning
+
+    warning = world_size_warning(state.num_processes)
+    if warning and state.is_main_process:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _save_model(run: RunDirectory, write: Any) -> None:

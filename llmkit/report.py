@@ -38,4 +38,7 @@ def print_summary(results: dict[str, Any], run_dir: str, console: Console | None
         f"{train['samples_per_second']:.1f} samples/s, {train['tokens_per_second']:.0f} tokens/s, "
         f"peak memory {train['peak_memory_mb']:.0f} MB"
     )
+    processes, device = train["world_size"], str(train["device"]).split(":")[0]
+    devices = f"{processes} GPUs, one per process" if device == "cuda" and processes > 1 else device
+    console.print(f"processes: {processes}, devices: {devices}")
     console.print(f"results: {run_dir}/results.json  model: {run_dir}/model")

@@ -18,6 +18,7 @@ RESUME_MAY_CHANGE = {
     "train.micro_batch_size",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.report_to",
 }
 
 

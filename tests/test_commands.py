@@ -399,3 +399,18 @@ def test_dry_run_reports_recipe_errors(bert_checkpoint: Path, sentiment_data: An
     assert result.exit_code == 2
     assert "nonexistent" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_h_is_help_everywhere(cli) -> None:
+    for args in ([], ["finetune"], ["recipes"], ["recipes", "schema"]):
+        short, long = cli(*args, "-h"), cli(*args, "--help")
+        assert short.exit_code == 0 and short.stdout == long.stdout
+        assert "-h, --help" in short.stdout
+
+
+def test_shell_completion_is_offered(cli) -> None:
+    help_text = cli("--help").stdout
+    assert "--install-completion" in help_text and "--show-completion" in help_text
+    script = cli("--show-completion", "bash")
+    assert script.exit_code == 0, script.output
+    assert "COMPREPLY" in script.stdout and "complete " in script.stdout  # a bash completion function

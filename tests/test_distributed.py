@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from helpers import explain, read_labels
+from helpers import ARCHITECTURES, METHODS, explain, read_labels
 
 # The launcher and two workers each import torch and transformers: give them time on a busy machine.
 LAUNCH_TIMEOUT_S = 300
@@ -195,3 +195,69 @@ def test_bf16_trains_on_cpu(
     result = cli("finetune", recipe, "--output-dir", tmp_path / "run")
     assert result.exit_code == 0, explain(result)
     assert json.loads((tmp_path / "run" / "results.json").read_text())["train"]["precision"] == "bf16"
+
+
+@pytest.mark.slow  # 8 launches; lora and full on BERT run in the fast suite above with the same setting
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_train_every_method_without_searching_for_unused_parameters(
+    method: str,
+    arch: str,
+    checkpoints: dict[str, Path],
+    sentiment_data: Any,
+    make_recipe: Any,
+    tmp_path: Path,
+) -> None:
+    """DDP's find_unused_parameters is off unless a method declares it needs it: a method that
+    left a trainable parameter without a gradient would fail at its second step here."""
+    from llmkit.methods import get_method
+
+    recipe = make_recipe(
+        checkpoints[arch],
+        sentiment_data,
+        method,
+        train={"max_steps": 3, "batch_size": 8, "checkpoint_every": None},
+    )
+    result = _launch(
+        "finetune",
+        recipe,
+        "data.max_train_samples=48",
+        "--num-processes",
+        2,
+        "--output-dir",
+        tmp_path / "run",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["train"]["steps"] == 3
+    if not get_method(method).options.may_leave_parameters_unused:
+        assert "find_unused_parameters=True" not in result.stderr
+    assert "processes: 2, devices: cpu" in result.stdout
+
+
+def test_a_launch_given_fewer_processes_than_requested_says_so(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, tmp_path: Path
+) -> None:
+    """accelerate's MULTI_CPU config without an MPI hostfile starts one process, whether through
+    --accelerate-config or the user's own `accelerate launch`."""
+    config = tmp_path / "multi-cpu.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_machines: 1\n"
+        "num_processes: 2\nmixed_precision: 'no'\nuse_cpu: true\n"
+    )
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"max_steps": 1})
+    result = _launch("finetune", recipe, "--accelerate-config", config, "--output-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "warning: 2 processes were requested, but this run trains in 1 process" in result.stderr
+    assert "use `llmkit finetune --num-processes N`" in result.stderr
+    assert "processes: 1, devices: cpu" in result.stdout
+
+
+def test_world_size_warning_for_a_users_own_accelerate_launch() -> None:
+    from llmkit.world_size import world_size_warning
+
+    # accelerate's simple launcher, asked for 2 processes, sets MASTER_ADDR and starts one.
+    assert "asked for several processes" in (world_size_warning(1, {"MASTER_ADDR": "127.0.0.1"}) or "")
+    assert world_size_warning(2, {"MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2"}) is None
+    assert world_size_warning(1, {}) is None
+    assert world_size_warning(2, {"LLMKIT_REQUESTED_PROCESSES": "2"}) is None
+    assert "4 processes were requested" in (world_size_warning(2, {"LLMKIT_REQUESTED_PROCESSES": "4"}) or "")

@@ -26,6 +26,10 @@ def wrap_with_peft(model: PreTrainedModel, config: Any, traits: ModelTraits) -> 
             f"PEFT could not wrap this {traits.model_type} model: {exc}",
             hint=_target_hint(traits),
         ) from exc
+    # PEFT appends its own head names (`classifier`, `score`) to the list again; keep each once.
+    saved = wrapped.peft_config["default"]
+    if saved.modules_to_save:
+        saved.modules_to_save = list(dict.fromkeys(saved.modules_to_save))
     return adapted_to_installed_libraries(wrapped)
 
 

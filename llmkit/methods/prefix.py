@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
 from llmkit.methods.peft_common import wrap_with_peft
 from llmkit.methods.registry import MethodOptions, ModelTraits, register_method
@@ -28,6 +28,21 @@ class PrefixOptions(MethodOptions):
         "prefix tuning adds trained key/value vectors to every attention layer as extra positions; "
         "they are inputs, not changes to existing weights, so no plain checkpoint computes the same "
         "function"
+    )
+    plain_peft_gap = (
+        "PEFT 0.21 runs prefix tuning only on models whose forward takes `past_key_values`, which "
+        "transformers 5.24 renamed `cache` (llmkit.methods.prefix_cache)"
+    )
+
+    # _projection_size_needs_projection, as JSON Schema states it (for editors).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "required": ["projection_hidden_size"],
+                "properties": {"projection_hidden_size": {"type": "integer"}},
+            },
+            "then": {"required": ["projection"], "properties": {"projection": {"const": True}}},
+        }
     )
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
 from llmkit.methods.peft_common import wrap_with_peft
 from llmkit.methods.registry import MethodOptions, ModelTraits, register_method
@@ -26,6 +26,18 @@ class PromptOptions(MethodOptions):
     merge_refusal = (
         "prompt tuning prepends trained embeddings to every input; they are inputs, not changes to "
         "existing weights, so no plain checkpoint computes the same function"
+    )
+
+    # _init_text_matches_init, as JSON Schema states it (for editors).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"required": ["init"], "properties": {"init": {"const": "text"}}},
+            "then": {
+                "required": ["init_text"],
+                "properties": {"init_text": {"type": "string", "minLength": 1}},
+            },
+            "else": {"properties": {"init_text": {"enum": [None, ""]}}},
+        }
     )
 
     @property

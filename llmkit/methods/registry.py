@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from llmkit.models.traits import ModelTraits
+from llmkit.recipe.yaml_types import whole_floats_as_ints
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 class MethodOptions(BaseModel):
     """Options common to every method; subclasses add their own and fix `name`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict types, as the recipe JSON schema states them (see llmkit.recipe.yaml_types).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
     # The learning rate used when the recipe gives none: PEFT methods need far higher rates than
@@ -38,6 +40,18 @@ class MethodOptions(BaseModel):
     virtual_tokens_in_input: ClassVar[bool] = False
     # Why `llmkit merge` cannot fold this method into plain weights; None when it can.
     merge_refusal: ClassVar[str | None] = None
+    # True for methods whose trainable parameters may get no gradient in a step: DDP must then
+    # search the graph for them every step (find_unused_parameters), at the cost of an extra pass.
+    may_leave_parameters_unused: ClassVar[bool] = False
+    # Why plain PEFT cannot run the saved adapter on the installed libraries, when it cannot:
+    # loading code outside llmkit then passes it through
+    # llmkit.methods.peft_common.adapted_to_installed_libraries (model cards say so).
+    plain_peft_gap: ClassVar[str | None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_floats_are_integers(cls, data: Any) -> Any:
+        return whole_floats_as_ints(cls, data)
 
     @property
     def virtual_tokens(self) -> int:

@@ -83,7 +83,7 @@ def load_tokenizer(source: str, revision: str | None = None) -> PreTrainedTokeni
     return tokenizer
 
 
-def _is_decoder(model_type: str) -> bool:
+def is_decoder(model_type: str) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     # Encoders (BERT family) have masked-LM heads and classify from [CLS]; decoders do not.
@@ -99,7 +99,7 @@ def _ready(
     model_type = str(model.config.model_type)
     traits = ModelTraits(
         model_type=model_type,
-        is_decoder=_is_decoder(model_type),
+        is_decoder=is_decoder(model_type),
         new_modules=tuple(new_modules),
         linear_module_names=_linear_module_names(model, exclude=new_modules),
         peft_task_type=task.peft_task_type,
@@ -142,11 +142,16 @@ def save_trained(
     tokenizer: PreTrainedTokenizerBase,
     label_names: list[str],
     path: Path,
+    max_length: int | None = None,
     state_dict: dict[str, Any] | None = None,
 ) -> None:
-    """Write the model (or adapter with its trained head), tokenizer and label names. `state_dict`:
+    """Write the model (or adapter with its trained head), tokenizer and label names. The
+    tokenizer keeps the training `max_length` as its limit, so tools that truncate at the
+    tokenizer's limit (`pipeline(..., truncation=True)`) cut where training did. `state_dict`:
     the whole model's weights gathered from a sharded run (PEFT keeps the adapter's part)."""
     model.save_pretrained(path, state_dict=state_dict)
+    if max_length is not None:
+        tokenizer.model_max_length = max_length
     tokenizer.save_pretrained(path)
     (path / LABELS_FILE).write_text(json.dumps({"label_names": label_names}, indent=2) + "\n")
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from llmkit.errors import LlmkitError, RecipeError
 from llmkit.methods import METHODS
 from llmkit.recipe.schema import Recipe
+from llmkit.recipe.yaml_types import YamlLoader, load_yaml_value
 from llmkit.tasks import DEFAULT_TASK, TASKS
 
 # Keys whose values are paths to inputs: in a recipe file they are relative to that file, so a
@@ -125,7 +126,7 @@ def read_yaml_file(path: Path, kind: str, hint: str) -> tuple[Any, dict[KeyPath,
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise LlmkitError(f"{kind} file '{path}' is not UTF-8 text ({exc.reason}).") from exc
-    loader = yaml.SafeLoader(text)
+    loader = YamlLoader(text)
     try:
         node = loader.get_single_node()
         document = loader.construct_document(node) if node is not None else None
@@ -214,7 +215,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 hint="write dotted keys, e.g. train.epochs=1 data.max_train_samples=2000",
             )
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml_value(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         node = tree

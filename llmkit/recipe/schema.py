@@ -19,8 +19,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 
 from llmkit.methods import METHODS, MethodOptions
+from llmkit.recipe.yaml_types import whole_floats_as_ints
 from llmkit.tasks import DEFAULT_TASK, TASKS, TaskOptions
 
 DATA_FILE_FORMATS = {
@@ -34,7 +36,14 @@ DATA_FILE_FORMATS = {
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict types, as the JSON schema states them (see llmkit.recipe.yaml_types); paths are
+    # written as strings, so path fields take them.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_floats_are_integers(cls, data: Any) -> Any:
+        return whole_floats_as_ints(cls, data)
 
 
 class ModelSection(Section):
@@ -43,6 +52,27 @@ class ModelSection(Section):
         "or package:MODULE/relative/path for a checkpoint shipped in an installed package."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+
+
+def _extension_pattern() -> str:
+    """DATA_FILE_FORMATS's extensions as a case-insensitive JSON Schema (ECMA 262) pattern."""
+    letters = (
+        "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext[1:])
+        for ext in DATA_FILE_FORMATS
+    )
+    return rf"\.(?:{'|'.join(letters)})$"
+
+
+DATA_FILE: JsonDict = {"pattern": _extension_pattern()}
+# Data section rules that need the whole recipe: a recipe with `base:` may leave them to its base.
+ONE_SOURCE_JSON_RULES = {
+    "oneOf": [
+        {"required": ["dataset"], "properties": {"dataset": {"type": "string"}}},
+        {"required": ["train_file"], "properties": {"train_file": {"type": "string"}}},
+    ],
+    "if": {"required": ["config"], "properties": {"config": {"type": "string"}}},
+    "then": {"required": ["dataset"], "properties": {"dataset": {"type": "string"}}},
+}
 
 
 class DataSection(Section):
@@ -54,12 +84,20 @@ class DataSection(Section):
     )
     test_split: str | None = Field(None, description="Hub split to test on (must be labelled).")
     train_file: Path | None = Field(
-        None, description="csv, tsv, json, jsonl or parquet; relative to the recipe file."
+        None,
+        strict=False,
+        json_schema_extra=DATA_FILE,
+        description="csv, tsv, json, jsonl or parquet; relative to the recipe file.",
     )
     validation_file: Path | None = Field(
-        None, description="Evaluated every epoch; null carves a split from train."
+        None,
+        strict=False,
+        json_schema_extra=DATA_FILE,
+        description="Evaluated every epoch; null carves a split from train.",
     )
-    test_file: Path | None = Field(None, description="Evaluated once, at the end.")
+    test_file: Path | None = Field(
+        None, strict=False, json_schema_extra=DATA_FILE, description="Evaluated once, at the end."
+    )
     delimiter: str | None = Field(
         None, description="Field separator of csv/tsv files; null: tab for .tsv, comma otherwise."
     )
@@ -121,6 +159,7 @@ class DataSection(Section):
             raise ValueError(f"'{value}' has an unknown extension; use one of {known}")
         return value
 
+    # As JSON Schema: ONE_SOURCE_JSON_RULES.
     @model_validator(mode="after")
     def _one_source(self) -> DataSection:
         if (self.dataset is None) == (self.train_file is None):
@@ -188,6 +227,13 @@ class DistributedSection(Section):
         return self.strategy == "fsdp" or (self.strategy == "deepspeed" and self.zero_stage in (None, 3))
 
 
+# The trackers transformers can report to (its `report_to` names) that it can tell are installed.
+Tracker = Literal[
+    "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "mlflow", "neptune",
+    "swanlab", "tensorboard", "trackio", "wandb",
+]  # fmt: skip
+
+
 class TrainSection(Section):
     epochs: PositiveFloat = Field(3.0, description="Passes over the training data; may be fractional.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many steps.")
@@ -222,6 +268,11 @@ class TrainSection(Section):
         "auto: bf16 on a CPU that computes it natively (AVX512-BF16, AMX), else fp32. "
         "Evaluation and prediction compute as training did.",
     )
+    report_to: list[Tracker] = Field(
+        default_factory=list,
+        description="Experiment trackers that receive the loss and metrics, as transformers' "
+        "report_to (tensorboard writes to the run's tensorboard/ directory); [] reports to none.",
+    )
     checkpoint_every: Literal["epoch"] | PositiveInt | None = Field(
         "epoch",
         description="Save a resumable checkpoint every epoch, every N steps, or never (null).",
@@ -248,7 +299,9 @@ def _largest_divisor(n: int) -> int:
 
 class EvalSection(Section):
     metrics: list[Literal["accuracy", "f1"]] = Field(
-        default=["accuracy", "f1"], description="Computed with `evaluate`, offline."
+        default=["accuracy", "f1"],
+        description="Computed with `evaluate`, offline.",
+        json_schema_extra={"minItems": 1},  # _at_least_one
     )
     f1_average: Literal["binary", "macro", "micro", "weighted"] | None = Field(
         None, description="null: binary for two labels, macro otherwise."
@@ -265,6 +318,10 @@ class EvalSection(Section):
         return value
 
 
+# A method section without `name` is this method's.
+DEFAULT_METHOD = "full"
+
+
 class Recipe(Section):
     model: ModelSection
     data: DataSection
@@ -277,6 +334,7 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     output_dir: Path | None = Field(
         None,
+        strict=False,
         description="Run directory, relative to the recipe file; null: runs/<recipe name> in the "
         "current directory.",
     )
@@ -295,7 +353,7 @@ class Recipe(Section):
             task.setdefault("name", DEFAULT_TASK)
         method = data.setdefault("method", {})
         if isinstance(method, dict):
-            method.setdefault("name", "full")
+            method.setdefault("name", DEFAULT_METHOD)
             spec = METHODS.get(method["name"]) if isinstance(method["name"], str) else None
             train = data.setdefault("train", {})
             if spec is not None and isinstance(train, dict) and train.get("learning_rate") is None:

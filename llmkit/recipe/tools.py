@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from llmkit.errors import LlmkitError
+from llmkit.methods import METHODS
 from llmkit.recipe.loading import (
     BASE_KEY,
     CHECKPOINT_KEY,
@@ -24,7 +25,7 @@ from llmkit.recipe.loading import (
     is_local_checkpoint,
     load_recipe,
 )
-from llmkit.recipe.schema import Recipe
+from llmkit.recipe.schema import DEFAULT_METHOD, ONE_SOURCE_JSON_RULES, Recipe
 from llmkit.tasks import TASKS, Task, task_for
 
 RECIPES_DIR = Path("recipes")
@@ -345,11 +346,34 @@ def json_schema() -> dict[str, Any]:
     # One text column may be written as a plain string (the schema's before-validator wraps it).
     columns = schema["$defs"]["DataSection"]["properties"]["text_columns"]
     as_list = {key: columns.pop(key) for key in ("type", "items", "minItems", "maxItems") if key in columns}
-    columns["anyOf"] = [{"type": "string"}, {**as_list, "minItems": 1, "maxItems": 2}]
-    # A recipe with a base may leave out what its base sets, required sections included; the
-    # method section may always be left out (full fine-tuning).
+    columns["anyOf"] = [{"type": "string"}, {**as_list, "minItems": 1, "maxItems": 2, "uniqueItems": True}]
+    # A method section without a name is the default method's: the others must name themselves.
+    for option in (spec.options for spec in METHODS.values()):
+        if option.model_fields["name"].default != DEFAULT_METHOD:
+            definition = schema["$defs"][option.__name__]
+            definition["required"] = sorted({*definition.get("required", []), "name"})
+    # A recipe with a base may leave out what its base sets, required sections and the data
+    # source included; the method section may always be left out (full fine-tuning).
     required = [key for key in schema.pop("required", []) if key != "method"]
-    if required:
-        schema["if"] = {"not": {"required": [BASE_KEY]}}
-        schema["then"] = {"required": required}
+    schema["if"] = {"not": {"required": [BASE_KEY]}}
+    schema["then"] = {"required": required, "properties": {"data": ONE_SOURCE_JSON_RULES}}
+    schema["$comment"] = (
+        "llmkit also checks what JSON Schema cannot state: train.micro_batch_size must divide "
+        "train.batch_size; files, checkpoint and labels are checked by `llmkit recipes validate`."
+    )
+    return schema
+
+
+def bench_json_schema() -> dict[str, Any]:
+    """The bench file format (recipes/benchmarks/*.yaml) as JSON Schema."""
+    from llmkit.bench.schema import Bench
+
+    schema = Bench.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "llmkit bench file"
+    # A run without `kind` is an llmkit run: a peer run must say so.
+    for definition in schema["$defs"].values():
+        kind = definition.get("properties", {}).get("kind", {})
+        if kind.get("const", kind.get("default")) == "peer":
+            definition["required"] = sorted({*definition.get("required", []), "kind"})
     return schema

@@ -59,6 +59,8 @@ class Task:
 
     # PEFT's TaskType name: the PeftModel class that feeds virtual tokens and labels.
     peft_task_type: ClassVar[str]
+    # The Hub's pipeline tag (model cards' `pipeline_tag`, transformers' pipeline task name).
+    hub_pipeline_tag: ClassVar[str]
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options

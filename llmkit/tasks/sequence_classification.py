@@ -73,6 +73,7 @@ class PerClassTaskReport(TaskReport):
 
 class SequenceClassification(Task):
     peft_task_type = "SEQ_CLS"
+    hub_pipeline_tag = "text-classification"
 
     def auto_model_class(self) -> Any:
         from transformers import AutoModelForSequenceClassification

@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from llmkit.data.loading import LABELS
 from llmkit.errors import LlmkitError
 from llmkit.fsutil import dumps, move_into_place
+from llmkit.methods import get_method
 from llmkit.training.batching import BatchPlan
 from llmkit.training.precision import resolve_precision
 from llmkit.training.strategies import (
@@ -25,6 +26,7 @@ from llmkit.training.strategies import (
     trainer_arguments,
     unsharded_prompt_encoder,
 )
+from llmkit.training.tracking import place_tracker_files, report_to
 
 # Trainer writes a checkpoint's files one by one; they are written here and renamed into place
 # when complete, so a kill while saving never leaves a checkpoint that looks complete.
@@ -215,13 +217,17 @@ def training_arguments(
         save_total_limit=train.keep_checkpoints,
         logging_strategy="steps",
         logging_steps=train.logging_steps,
-        report_to="none",
+        report_to=report_to(train.report_to),
         disable_tqdm=False,  # its default follows the logging level, which llmkit lowers
         label_names=[LABELS],
         # On by default in transformers 5, it multiplies each process's loss by the number of
         # processes, which is right for token-summed LM losses only: a classification loss is
         # already a per-example mean, so it would scale gradients (and the eval loss) by N.
         average_tokens_across_devices=False,
+        # Trainer searches for unused parameters whenever the model is not a plain transformers
+        # model (a PeftModel): every method here uses all its trainable parameters in each step
+        # (tested with 2 processes), so the search would only cost an extra graph traversal.
+        ddp_find_unused_parameters=get_method(recipe.method.name).options.may_leave_parameters_unused,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         **(strategy or {}),
@@ -253,4 +259,5 @@ def build_trainer(
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(QuietProgress(task.metric_names(recipe.eval)))
+    place_tracker_files(trainer, log_path.parent)
     return trainer
