@@ -204,7 +204,9 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     metrics = {"validation": _final_validation(trainer, names)}
     if "test" in splits:
         metrics["test"] = _strip(trainer.evaluate(splits["test"], metric_key_prefix="test"), "test", names)
-    check_finite(trainer.model, metrics, recipe)
+    check_finite(trainer.model, metrics, recipe)  # before generating with broken weights
+    for split, values in metrics.items():
+        values.update(prepared.task.final_metrics(trainer.model, prepared.tokenizer, splits[split], recipe))
     _save_model(run, lambda path: save_trained(trainer.model, prepared.tokenizer, prepared.label_names, path))
     if run.checkpoints_dir.is_dir() and not any(run.checkpoints_dir.iterdir()):
         run.checkpoints_dir.rmdir()
