@@ -282,6 +282,37 @@ def predict(
 
 
 @app.command()
+def generate(
+    run_dir: RunDirArgument,
+    input_file: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            help="csv/tsv/jsonl/parquet file with the run's prompt column(s), or - for stdin (one "
+            "prompt per line, or one JSON object per line).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write .jsonl here (default: JSON lines on stdout)."),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Generate text with a trained generation run: one JSON line per input row (its prompt, the
+    generated text and whether it stopped at the end-of-sequence token), in input order, with the
+    run's task.generate settings."""
+    with user_errors(debug):
+        from llmkit.generation.command import generate_to_file
+
+        count = generate_to_file(run_dir, input_file, output, batch_size)
+        if output is not None:
+            typer.echo(f"generated for {count} prompts: {output}", err=True)
+
+
+@app.command()
 def merge(
     run_dir: RunDirArgument,
     output_dir: Annotated[

@@ -110,10 +110,10 @@ class GenerationReport(TaskReport):
             f"generations: {self.stopped_at_eos} stopped at the end-of-sequence token, "
             f"{self.hit_length_limit} reached task.generate.max_new_tokens"
         )
-        for example in self.examples:
-            console.print(f"prompt:     {example['prompt']!r}")
-            console.print(f"generated:  {example['generation']!r}")
-            console.print(f"reference:  {example['references'][0]!r}")
+        for example in self.examples:  # markup off: prompts such as E2E's hold [brackets]
+            console.print(f"prompt:     {example['prompt']!r}", markup=False)
+            console.print(f"generated:  {example['generation']!r}", markup=False)
+            console.print(f"reference:  {example['references'][0]!r}", markup=False)
 
 
 class GenerationTask(Task):
