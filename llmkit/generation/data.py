@@ -30,6 +30,9 @@ class PromptFormat:
     completion_column: str
     template: str | None
     messages_column: str | None
+    # data.label_names: integer completions 0..n-1 written as these words (SST-2's 0/1 as
+    # negative/positive), so a classification file trains a model to answer with the label word.
+    completion_names: tuple[str, ...] | None = None
 
     @property
     def chat(self) -> bool:
@@ -61,7 +64,19 @@ class PromptFormat:
         else:
             prompt = _text(row[self.prompt_column])
         completion = row.get(self.completion_column)
-        return prompt, None if completion is None else _text(completion)
+        return prompt, None if completion is None else self._completion_text(completion)
+
+    def _completion_text(self, value: Any) -> str:
+        if self.completion_names is None:
+            return _text(value)
+        text = _text(value).strip()
+        if not text.isdigit() or int(text) >= len(self.completion_names):
+            raise DataError(
+                f"data.label_names names {len(self.completion_names)} completions, so the completion "
+                f"column must hold integers 0..{len(self.completion_names) - 1}; it holds {text!r}.",
+                hint="drop data.label_names to train on the completions as written",
+            )
+        return self.completion_names[int(text)]
 
 
 def template_fields(template: str) -> list[str]:

@@ -89,8 +89,11 @@ class GenerationOptions(TaskOptions):
                 raise ValueError("task.template names no column; write them in braces, e.g. '{mr}'")
         return self
 
-    def prompt_format(self) -> PromptFormat:
-        return PromptFormat(self.prompt_column, self.completion_column, self.template, self.messages_column)
+    def prompt_format(self, completion_names: list[str] | None = None) -> PromptFormat:
+        names = tuple(completion_names) if completion_names is not None else None
+        return PromptFormat(
+            self.prompt_column, self.completion_column, self.template, self.messages_column, names
+        )
 
 
 @dataclass
@@ -179,12 +182,12 @@ class GenerationTask(Task):
     def read_unlabelled(self, source: str, data: DataSection, id_column: str | None) -> Dataset:
         raise use_generate_instead()
 
-    def rendered(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    def rendered(self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataSection) -> Dataset:
         from llmkit.generation.data import check_chat_template, rendered
 
         if self.options.messages_column is not None:
             check_chat_template(tokenizer)
-        return rendered(dataset, self.options.prompt_format(), tokenizer)
+        return rendered(dataset, self.options.prompt_format(data.label_names), tokenizer)
 
     def tokenize(
         self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataSection, split: str
@@ -192,7 +195,7 @@ class GenerationTask(Task):
         from llmkit.generation.data import tokenize_examples
 
         return tokenize_examples(
-            self.rendered(dataset, tokenizer),
+            self.rendered(dataset, tokenizer, data),
             tokenizer,
             self.options.prompt_format().chat,
             data.max_length,
