@@ -324,3 +324,50 @@ def test_metrics_take_several_references() -> None:
     assert bleu > single["bleu"]  # the second reference of the first row counts
     rouge = load_metric("rouge_l").compute(predictions=predictions, references=references)["rouge_l"]
     assert rouge == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_a_packed_batch_gives_the_loss_of_its_examples_unpacked(gpt2_checkpoint: Path) -> None:
+    import torch
+    from datasets import Dataset
+
+    from llmkit.generation.data import pack_examples
+    from llmkit.models.loading import load_classifier
+    from llmkit.recipe.schema import DataSection
+    from llmkit.tasks import task_for
+    from llmkit.tasks.generation import GenerationOptions
+
+    rows = _rows(6, 11)
+    dataset = Dataset.from_dict({"mr": [r[0] for r in rows], "ref": [r[1] for r in rows]})
+    data = DataSection(train_file=Path("unused.csv"), max_length=100)  # 2-3 examples a row
+    options = GenerationOptions(template=TEMPLATE, completion_column="ref", train_on_prompt=True)
+    task = task_for(options)
+    loaded = load_classifier(str(gpt2_checkpoint), [], task=task)
+    model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    examples = task.tokenize(dataset, tokenizer, data, "validation")  # unpacked
+    packed = pack_examples(examples, data.max_length)
+    assert 1 < len(packed) < len(examples)  # several examples per row, and more than one row
+    collate = task.collator(tokenizer)
+    with torch.no_grad():
+        unpacked_loss = model(**collate(list(examples))).loss
+        packed_batch = collate(list(packed))
+        assert packed_batch["attention_mask"].dim() == 4
+        packed_loss = model(**packed_batch).loss
+    assert packed_loss.item() == pytest.approx(unpacked_loss.item(), abs=1e-5)
+
+
+def test_packing_trains_through_the_cli_and_refuses_virtual_tokens(
+    gpt2_checkpoint: Path, generation_data: dict[str, Path], tmp_path: Path
+) -> None:
+    recipe = _recipe(tmp_path / "packed.yaml", gpt2_checkpoint, generation_data, "full", SETTINGS["full"])
+    result = invoke(
+        "finetune", recipe, "task.packing=true", "data.max_length=128", "--output-dir", tmp_path / "packed"
+    )
+    assert result.exit_code == 0, explain(result)
+    results = results_of(tmp_path / "packed")
+    assert results["data"]["train_rows"] < 60  # 60 examples in fewer packed rows
+    assert results["metrics"]["validation"]["hit_length_limit"] == 0
+    refused = invoke(
+        "finetune", recipe, "task.packing=true", "method.name=prompt", "--output-dir", tmp_path / "prompt"
+    )
+    assert refused.exit_code != 0
+    assert "task.packing cannot be used with a method that adds virtual tokens" in refused.stderr

@@ -200,8 +200,34 @@ def tokenize_examples(
     return encoded
 
 
+def pack_examples(dataset: Dataset, max_length: int) -> Dataset:
+    """Consecutive tokenised examples joined into rows of at most `max_length` tokens, each
+    example's positions numbered from 0 (`position_ids`), which is how the collator finds where
+    one ends and the next begins. An example's first label is never trained (nothing precedes
+    it), so it stays -100 and no loss crosses from one example into the next."""
+    from datasets import Dataset
+
+    packed: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": []}
+    row: dict[str, list[int]] = {key: [] for key in packed}
+    for ids, labels in zip(dataset["input_ids"], dataset["labels"], strict=True):
+        if row["input_ids"] and len(row["input_ids"]) + len(ids) > max_length:
+            for key in packed:
+                packed[key].append(row[key])
+            row = {key: [] for key in packed}
+        row["input_ids"] += ids
+        row["labels"] += [IGNORED, *labels[1:]]
+        row["position_ids"] += list(range(len(ids)))
+    if row["input_ids"]:
+        for key in packed:
+            packed[key].append(row[key])
+    packed["attention_mask"] = [[1] * len(ids) for ids in packed["input_ids"]]
+    return Dataset.from_dict(packed)
+
+
 def pad_batch(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
-    """Right-padded input_ids, attention_mask and labels (-100 on padding) of tokenised rows."""
+    """Right-padded input_ids, attention_mask and labels (-100 on padding) of tokenised rows.
+    Packed rows (with position_ids) get a block-diagonal causal mask instead: each token attends
+    to the earlier tokens of its own example only."""
     import torch
 
     width = max(len(row["input_ids"]) for row in rows)
@@ -209,11 +235,31 @@ def pad_batch(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
     def padded(key: str, value: int) -> Any:
         return torch.tensor([[*row[key], *[value] * (width - len(row[key]))] for row in rows])
 
-    return {
+    batch = {
         "input_ids": padded("input_ids", pad_token_id),
         "attention_mask": padded("attention_mask", 0),
         "labels": padded("labels", IGNORED),
     }
+    if "position_ids" in rows[0]:
+        positions = padded("position_ids", 0)
+        batch["attention_mask"] = block_diagonal_mask(positions, batch["attention_mask"])
+        batch["position_ids"] = positions
+    return batch
+
+
+def block_diagonal_mask(positions: Any, padding_mask: Any) -> Any:
+    """(batch, 1, tokens, tokens) boolean mask, True where attention is allowed: causal within each
+    example (a new example starts where its position is 0). SDPA takes it as given; padding
+    tokens attend to themselves only, so no row of the mask is empty (an empty one yields NaN)."""
+    import torch
+
+    real = padding_mask.bool()
+    segments = torch.cumsum((positions == 0) & real, dim=1) * real  # 0 on padding
+    tokens = positions.shape[1]
+    causal = torch.tril(torch.ones(tokens, tokens, dtype=torch.bool, device=positions.device))
+    same = (segments[:, :, None] == segments[:, None, :]) & real[:, :, None]
+    diagonal = torch.eye(tokens, dtype=torch.bool, device=positions.device)
+    return ((same & causal) | diagonal)[:, None]
 
 
 def grouped_references(dataset: Dataset) -> tuple[list[str], list[list[str]]]:

@@ -65,6 +65,11 @@ class GenerationOptions(TaskOptions):
     train_on_prompt: bool = Field(
         False, description="Train on the prompt tokens too (else only the completion)."
     )
+    packing: bool = Field(
+        False,
+        description="Join short training examples into rows of up to data.max_length tokens, each "
+        "attending only to itself (block-diagonal mask; SDPA attention, methods without virtual tokens).",
+    )
     metrics: list[GenerationMetric] = Field(
         default=["exact_match", "bleu", "rouge_l"],
         description="Scores of the generated text against every reference: normalised exact match, "
@@ -192,15 +197,21 @@ class GenerationTask(Task):
     def tokenize(
         self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataSection, split: str
     ) -> Dataset:
-        from llmkit.generation.data import tokenize_examples
+        from llmkit.generation.data import pack_examples, tokenize_examples
 
-        return tokenize_examples(
+        tokenised = tokenize_examples(
             self.rendered(dataset, tokenizer, data),
             tokenizer,
             self.options.prompt_format().chat,
             data.max_length,
             self.options.train_on_prompt,
             split,
+        )
+        # Only training is packed: evaluation's loss and generation take one example at a time.
+        return (
+            pack_examples(tokenised, data.max_length)
+            if self.options.packing and split == "train"
+            else tokenised
         )
 
     def collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Callable[[list[Any]], Any]:
@@ -287,7 +298,9 @@ class GenerationTask(Task):
             )
             del batch["labels"]
             return batch
-        tokenised = self.tokenize(rows, tokenizer, data, "probe")
+        if self.options.packing and model is not None:
+            check_packing(model)
+        tokenised = self.tokenize(rows, tokenizer, data, "train" if self.options.packing else "probe")
         return pad_batch(list(tokenised), tokenizer.pad_token_id)
 
     def evaluate(
@@ -350,6 +363,27 @@ class GenerationTask(Task):
             f"  no loss:  {tokenizer.decode(ids[:trained_from])!r}",
             f"  trained:  {tokenizer.decode(ids[trained_from:])!r}",
         ]
+
+
+def check_packing(model: Any) -> None:
+    """Packing keeps examples apart through a 4D mask, which only SDPA attention takes as given,
+    and which does not cover the extra positions of virtual tokens (prefix, prompt tuning)."""
+    from llmkit.models.parameters import base_model
+
+    virtual = getattr(getattr(model, "active_peft_config", None), "num_virtual_tokens", None)
+    if virtual:
+        raise LlmkitError(
+            "task.packing cannot be used with a method that adds virtual tokens: its block-diagonal "
+            "mask does not cover their positions.",
+            hint="set task.packing=false, or use method full or lora",
+        )
+    attention = getattr(base_model(model).config, "_attn_implementation", None)
+    if attention != "sdpa":
+        raise LlmkitError(
+            "task.packing needs SDPA attention to keep packed examples apart; this model uses "
+            f"{attention!r}.",
+            hint="set task.packing=false",
+        )
 
 
 def use_generate_instead() -> LlmkitError:
