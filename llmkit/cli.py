@@ -16,9 +16,8 @@ from llmkit.errors import LlmkitError
 
 app = typer.Typer(
     name="llmkit",
-    help="Fine-tune BERT- and GPT-style models for sequence and token classification from recipe "
-    "files: full fine-tuning, LoRA, "
-    "prefix or prompt tuning.",
+    help="Fine-tune BERT- and GPT-style models from recipe files for sequence classification, token "
+    "classification or generation: full fine-tuning, LoRA, prefix or prompt tuning.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -60,7 +59,7 @@ def main(
         ),
     ] = False,
 ) -> None:
-    """llmkit: config-driven fine-tuning for sequence and token classification."""
+    """llmkit: config-driven fine-tuning for sequence and token classification and generation."""
 
 
 @contextmanager

@@ -231,7 +231,7 @@ def test_generate_command_equals_the_merged_checkpoint_in_a_pipeline(
         assert out[0]["generated_text"].strip() == record["generation"]
 
 
-def test_stdin_prompts_and_evaluate(generation_runs: Any) -> None:
+def test_stdin_prompts_and_evaluate(generation_runs: Any, generation_data: dict[str, Path]) -> None:
     from typer.testing import CliRunner
 
     from llmkit.cli import app
@@ -250,6 +250,10 @@ def test_stdin_prompts_and_evaluate(generation_runs: Any) -> None:
     for name in ("bleu", "rouge_l", "exact_match", "stopped_at_eos"):
         assert report["metrics"][name] == pytest.approx(expected[name]), name
     assert report["metrics"]["loss"] == pytest.approx(expected["loss"], abs=1e-5)
+    assert report["generations"]["stopped_at_eos"] == expected["stopped_at_eos"]
+    from_file = invoke("evaluate", run_dir, "--data", generation_data["validation"], "--format", "json")
+    assert from_file.exit_code == 0, explain(from_file)
+    assert json.loads(from_file.stdout)["metrics"]["bleu"] == pytest.approx(expected["bleu"])
 
 
 def test_predict_on_a_generation_run_points_to_generate(generation_runs: Any) -> None:
