@@ -78,7 +78,7 @@ def _read_inputs(source: str, data: DataSection, prompt_format: PromptFormat) ->
     if source == STDIN:
         rows = [_stdin_row(line, columns) for line in sys.stdin.read().splitlines() if line.strip()]
     else:
-        rows = list(_read_table(Path(source), data, columns))
+        rows = list(_read_table(Path(source), data, columns, prompt_format.text_columns(columns)))
     if not rows:
         raise DataError(f"'{source}' has no rows to generate for.")
     return rows
@@ -106,12 +106,12 @@ def _stdin_row(line: str, columns: list[str]) -> dict[str, Any]:
     return {columns[0]: line}
 
 
-def _read_table(path: Path, data: DataSection, columns: list[str]) -> Dataset:
+def _read_table(path: Path, data: DataSection, columns: list[str], text_columns: list[str]) -> Dataset:
     from llmkit.data.inputs import read_table
 
     return read_table(
         path,
-        data.model_copy(update={"text_columns": columns}),
+        data.model_copy(update={"text_columns": text_columns}),
         columns,
         hint=f"the run's prompt reads {', '.join(repr(c) for c in columns)}: rename the file's columns",
     )

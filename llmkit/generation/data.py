@@ -51,6 +51,11 @@ class PromptFormat:
         extra = [] if self.chat else [self.completion_column]
         return [*dict.fromkeys([*self.input_columns(), *extra])]
 
+    def text_columns(self, columns: list[str]) -> list[str]:
+        """Of `columns`, those holding text (the reader checks each value is text; a messages
+        column holds lists)."""
+        return [c for c in columns if c != self.messages_column]
+
     def render(
         self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase | None
     ) -> tuple[str, str | None]:
@@ -277,7 +282,7 @@ def read_split_files(data: DataSection, prompt_format: PromptFormat) -> dict[str
     from llmkit.data.loading import SPLITS, read_file
 
     # The csv reader keeps the named text columns as text ('NA' stays a word).
-    reader = data.model_copy(update={"text_columns": prompt_format.columns()})
+    reader = data.model_copy(update={"text_columns": prompt_format.text_columns(prompt_format.columns())})
     read: dict[str, Dataset] = {}
     problems: list[str] = []
     for split in SPLITS:

@@ -176,7 +176,7 @@ class GenerationTask(Task):
         prompt_format = self.options.prompt_format()
         dataset = read_table(
             path,
-            data.model_copy(update={"text_columns": prompt_format.columns()}),
+            data.model_copy(update={"text_columns": prompt_format.text_columns(prompt_format.columns())}),
             prompt_format.columns(),
             hint="the run reads " + ", ".join(repr(c) for c in prompt_format.columns()),
         )
@@ -298,9 +298,12 @@ class GenerationTask(Task):
             )
             del batch["labels"]
             return batch
-        if self.options.packing and model is not None:
+        # The forward check (given the model) runs a packed batch when training packs; the tokenizer
+        # check (no model) reads plain rows.
+        packed = self.options.packing and model is not None
+        if packed:
             check_packing(model)
-        tokenised = self.tokenize(rows, tokenizer, data, "train" if self.options.packing else "probe")
+        tokenised = self.tokenize(rows, tokenizer, data, "train" if packed else "probe")
         return pad_batch(list(tokenised), tokenizer.pad_token_id)
 
     def evaluate(
