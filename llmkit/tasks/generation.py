@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from llmkit.data.loading import LabelledSplits
     from llmkit.generation.engine import Generation
+    from llmkit.methods import MethodOptions
     from llmkit.recipe.schema import DataSection, EvalSection, Recipe
 
 GenerationMetric = Literal["exact_match", "bleu", "rouge_l"]
@@ -152,13 +153,23 @@ class GenerationTask(Task):
                 "for sequence classification",
             )
 
+    def adapt_model(self, model: Any, traits: Any) -> None:
+        # Packing keeps examples apart through a 4D mask, which only SDPA attention takes as given.
+        attention = getattr(model.config, "_attn_implementation", None)
+        if self.options.packing and attention != "sdpa":
+            raise ModelError(
+                "task.packing needs SDPA attention to keep packed examples apart; this model uses "
+                f"{attention!r}.",
+                hint="set task.packing=false",
+            )
+
     # ---------------------------------------------------------------- data
     def load_splits(self, data: DataSection, seed: int) -> LabelledSplits:
-        from llmkit.data.loading import LabelledSplits, _read_hub
+        from llmkit.data.loading import LabelledSplits, read_hub
         from llmkit.generation.data import read_split_files
 
         prompt_format = self.options.prompt_format()
-        raw = read_split_files(data, prompt_format) if data.train_file is not None else _read_hub(data)
+        raw = read_split_files(data, prompt_format) if data.train_file is not None else read_hub(data)
         carved = "validation" not in raw
         if carved:
             # Carved by prompt, so an input's references never sit on both sides.
@@ -195,7 +206,12 @@ class GenerationTask(Task):
         return rendered(dataset, self.options.prompt_format(data.label_names), tokenizer)
 
     def tokenize(
-        self, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, data: DataSection, split: str
+        self,
+        dataset: Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataSection,
+        split: str,
+        label_names: list[str] | None = None,
     ) -> Dataset:
         from llmkit.generation.data import pack_examples, tokenize_examples
 
@@ -214,7 +230,9 @@ class GenerationTask(Task):
             else tokenised
         )
 
-    def collator(self, tokenizer: PreTrainedTokenizerBase, model: Any = None) -> Callable[[list[Any]], Any]:
+    def collator(
+        self, tokenizer: PreTrainedTokenizerBase, method: MethodOptions | None = None
+    ) -> Callable[[list[Any]], Any]:
         from functools import partial
 
         from llmkit.generation.data import pad_batch
@@ -286,7 +304,11 @@ class GenerationTask(Task):
 
     # ---------------------------------------------------------------- trained runs
     def probe_batch(
-        self, tokenizer: PreTrainedTokenizerBase, data: DataSection, rows: Dataset | None, model: Any = None
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        data: DataSection,
+        rows: Dataset | None,
+        method: MethodOptions | None = None,
     ) -> dict[str, Any]:
         from llmkit.generation.data import pad_batch, prompt_ids
 
@@ -298,11 +320,15 @@ class GenerationTask(Task):
             )
             del batch["labels"]
             return batch
-        # The forward check (given the model) runs a packed batch when training packs; the tokenizer
-        # check (no model) reads plain rows.
-        packed = self.options.packing and model is not None
-        if packed:
-            check_packing(model)
+        # The forward check (given the method) runs a packed batch when training packs; the
+        # tokenizer check (no method) reads plain rows.
+        packed = self.options.packing and method is not None
+        if packed and method is not None and method.virtual_tokens:
+            raise LlmkitError(
+                "task.packing cannot be used with a method that adds virtual tokens: its block-diagonal "
+                "mask does not cover their positions.",
+                hint="set task.packing=false, or use method full or lora",
+            )
         tokenised = self.tokenize(rows, tokenizer, data, "train" if packed else "probe")
         return pad_batch(list(tokenised), tokenizer.pad_token_id)
 
@@ -366,27 +392,6 @@ class GenerationTask(Task):
             f"  no loss:  {tokenizer.decode(ids[:trained_from])!r}",
             f"  trained:  {tokenizer.decode(ids[trained_from:])!r}",
         ]
-
-
-def check_packing(model: Any) -> None:
-    """Packing keeps examples apart through a 4D mask, which only SDPA attention takes as given,
-    and which does not cover the extra positions of virtual tokens (prefix, prompt tuning)."""
-    from llmkit.models.parameters import base_model
-
-    virtual = getattr(getattr(model, "active_peft_config", None), "num_virtual_tokens", None)
-    if virtual:
-        raise LlmkitError(
-            "task.packing cannot be used with a method that adds virtual tokens: its block-diagonal "
-            "mask does not cover their positions.",
-            hint="set task.packing=false, or use method full or lora",
-        )
-    attention = getattr(base_model(model).config, "_attn_implementation", None)
-    if attention != "sdpa":
-        raise LlmkitError(
-            "task.packing needs SDPA attention to keep packed examples apart; this model uses "
-            f"{attention!r}.",
-            hint="set task.packing=false",
-        )
 
 
 def use_generate_instead() -> LlmkitError:
