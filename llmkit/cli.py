@@ -16,9 +16,8 @@ from llmkit.errors import LlmkitError
 
 app = typer.Typer(
     name="llmkit",
-    help="Fine-tune BERT- and GPT-style models for sequence and token classification from recipe "
-    "files: full fine-tuning, LoRA, "
-    "prefix or prompt tuning.",
+    help="Fine-tune BERT- and GPT-style models from recipe files for sequence classification, token "
+    "classification or generation: full fine-tuning, LoRA, prefix or prompt tuning.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
@@ -87,7 +86,7 @@ def main(
         ),
     ] = False,
 ) -> None:
-    """llmkit: config-driven fine-tuning for sequence and token classification."""
+    """llmkit: config-driven fine-tuning for sequence and token classification and generation."""
 
 
 @contextmanager
@@ -322,6 +321,37 @@ def predict(
         )
         if output is not None:
             typer.echo(f"predicted {count} rows: {output}", err=True)
+
+
+@app.command()
+def generate(
+    run_dir: RunDirArgument,
+    input_file: Annotated[
+        str,
+        typer.Option(
+            "--input",
+            "-i",
+            help="csv/tsv/jsonl/parquet file with the run's prompt column(s), or - for stdin (one "
+            "prompt per line, or one JSON object per line).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write .jsonl here (default: JSON lines on stdout)."),
+    ] = None,
+    batch_size: BatchSizeOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Generate text with a trained generation run: one JSON line per input row (its prompt, the
+    generated text and whether it stopped at the end-of-sequence token), in input order, with the
+    run's task.generate settings."""
+    with user_errors(debug):
+        from llmkit.generation.command import generate_to_file
+
+        count = generate_to_file(run_dir, input_file, output, batch_size)
+        if output is not None:
+            typer.echo(f"generated for {count} prompts: {output}", err=True)
 
 
 @app.command()

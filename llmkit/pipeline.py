@@ -212,7 +212,9 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     metrics = {"validation": _final_validation(trainer, names)}
     if "test" in splits:
         metrics["test"] = _strip(trainer.evaluate(splits["test"], metric_key_prefix="test"), "test", names)
-    check_finite(trainer.model, metrics, recipe)
+    check_finite(trainer.model, metrics, recipe)  # before generating with broken weights
+    for split, values in metrics.items():
+        values.update(prepared.task.final_metrics(trainer.model, prepared.tokenizer, splits[split], recipe))
     results = {
         "status": "completed",
         "started_at": started_at,

@@ -54,7 +54,7 @@ def _rows(prefix: str, model: type[BaseModel], skip: tuple[str, ...] = ()) -> li
         if name in skip:
             continue
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            rows.extend(_rows(f"{prefix}{name}.", field.annotation))  # a section inside a section
+            rows.extend(_rows(f"{prefix}{name}.", field.annotation))  # a nested section, key by key
             continue
         kind, default = _type_name(field.annotation), _default(field)
         rows.append(f"| `{prefix}{name}` | {kind} | {default} | {field.description or ''} |")

@@ -1,6 +1,10 @@
 """Tasks. Importing this package registers every built-in task."""
 
-from llmkit.tasks import sequence_classification, token_classification  # noqa: F401  (registration)
+from llmkit.tasks import (  # noqa: F401  (registration)
+    generation,
+    sequence_classification,
+    token_classification,
+)
 from llmkit.tasks.registry import (
     DEFAULT_TASK,
     TASKS,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from llmkit.data.loading import LabelledSplits
     from llmkit.methods import MethodOptions
     from llmkit.models.traits import ModelTraits
-    from llmkit.recipe.schema import DataSection, EvalSection
+    from llmkit.recipe.schema import DataSection, EvalSection, Recipe
 
 
 class TaskOptions(BaseModel):
@@ -134,6 +134,13 @@ class Task:
     ) -> Callable[[Any], dict[str, float]]:
         """Trainer's `compute_metrics`: the kept outputs of a split to `loss` and the metrics."""
         raise NotImplementedError
+
+    def final_metrics(
+        self, model: Any, tokenizer: PreTrainedTokenizerBase, dataset: Dataset, recipe: Recipe
+    ) -> dict[str, float]:
+        """Metrics that need more than the evaluation forward pass (generated text), computed once
+        for the validation and test splits at the end of training; none by default."""
+        return {}
 
     # ---------------------------------------------------------------- trained runs
     def probe_batch(
