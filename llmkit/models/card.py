@@ -32,7 +32,10 @@ class TaskCard:
     auto_class: str = "AutoModelForSequenceClassification"  # the transformers class of the task's head
 
     def label_arguments(self, indent: str) -> str:
-        """from_pretrained keyword arguments that give the base model this task's head."""
+        """from_pretrained keyword arguments that give the base model this task's head (none for
+        a task without labels, such as generation)."""
+        if not self.label_names:
+            return ""
         return (
             f"{indent}num_labels=len(labels),\n"
             f"{indent}id2label=dict(enumerate(labels)),\n"
@@ -40,6 +43,8 @@ class TaskCard:
         )
 
     def example_call(self) -> str:
+        if not self.label_names:  # generation: the pipeline continues a prompt
+            return 'classifier("an example prompt", max_new_tokens=64, return_full_text=False)'
         if len(self.text_columns) == 2:
             return 'classifier({"text": "first sentence", "text_pair": "second sentence"}, truncation=True)'
         return 'classifier(["an example to classify"], truncation=True)'
@@ -133,6 +138,7 @@ def loading_code(facts: CardFacts) -> str:
         base_line = f"base_model = {base.loader_expression}\n"
     gguf = f"    gguf_file={base.gguf_file!r},\n" if base.gguf_file else ""
     batching = ", batch_size=1" if facts.unpadded_only else ""
+    labels_line = f"labels = {task.label_names!r}\n" if task.label_names else ""
     fix = (
         "# plain PEFT cannot run this adapter on these library versions (see above):\n"
         "from llmkit.methods.peft_common import adapted_to_installed_libraries\n\n"
@@ -144,7 +150,7 @@ def loading_code(facts: CardFacts) -> str:
         f"{imports}from peft import PeftModel\n"
         f"from transformers import {task.auto_class}, AutoTokenizer, pipeline\n\n"
         f"model_dir = {facts.model_dir!r}\n"
-        f"labels = {task.label_names!r}\n"
+        f"{labels_line}"
         f"{base_line}"
         "tokenizer = AutoTokenizer.from_pretrained(model_dir)\n"
         f"base = {task.auto_class}.from_pretrained(\n"
@@ -217,7 +223,9 @@ def _body(facts: CardFacts) -> str:
         f"Trained with llmkit {results['versions']['llmkit']}: {recipe.method.name} "
         f"({_method_summary(recipe)}) on `{facts.base.reference}`"
         f"{'' if facts.base.hub_id else ' (not a Hub model)'}.",
-        "## Labels\n\n" + ", ".join(f"{i}: `{name}`" for i, name in enumerate(facts.task.label_names)),
+        ("## Labels\n\n" + ", ".join(f"{i}: `{name}`" for i, name in enumerate(facts.task.label_names)))
+        if facts.task.label_names
+        else "## Labels\n\nNone: the model generates text.",
         "## Data\n\n" + _data_table(facts),
         "## Results\n\n" + _metrics_table(results["metrics"]),
         "## Use it\n\n"

@@ -127,6 +127,7 @@ class GenerationReport(TaskReport):
 
 class GenerationTask(Task):
     peft_task_type = "CAUSAL_LM"
+    hub_pipeline_tag = "text-generation"
     options: GenerationOptions
 
     def auto_model_class(self) -> Any:
