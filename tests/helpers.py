@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,3 +305,25 @@ class MatrixRuns:
                 arch, method, self.checkpoints[arch], self.data, recipe, run_dir, result
             )
         return self.runs[arch, method]
+
+
+def failing_step_pythonpath(directory: Path, *, step: int, message: str, rank: int | None = None) -> str:
+    """A PYTHONPATH under which launched training processes (those with RANK set; only `rank`
+    when given) raise RuntimeError(message) at the start of training step `step`, through a
+    sitecustomize module written into `directory`: a crash inside the real processes, at a known
+    point, for the tests of failures and resume."""
+    directory.mkdir(parents=True, exist_ok=True)
+    applies = "'RANK' in os.environ" if rank is None else f"os.environ.get('RANK') == '{rank}'"
+    (directory / "sitecustomize.py").write_text(
+        "import os\n"
+        f"if {applies}:\n"
+        "    import llmkit.training.trainer as trainer\n"
+        "    original = trainer.LlmkitTrainer.training_step\n"
+        "    def failing_step(self, *args, **kwargs):\n"
+        f"        if self.state.global_step == {step}:\n"
+        f"            raise RuntimeError({message!r})\n"
+        "        return original(self, *args, **kwargs)\n"
+        "    trainer.LlmkitTrainer.training_step = failing_step\n",
+        encoding="utf-8",
+    )
+    return os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))

@@ -8,14 +8,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from helpers import ARCHITECTURES, METHODS, explain, read_labels
+from helpers import ARCHITECTURES, METHODS, explain, failing_step_pythonpath, read_labels
 
 # The launcher and two workers each import torch and transformers: give them time on a busy machine.
 LAUNCH_TIMEOUT_S = 300
@@ -118,25 +117,10 @@ def test_a_failure_in_one_process_ends_the_run_with_a_message(
     bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, tmp_path: Path
 ) -> None:
     # Make rank 1 fail at its second training step, inside the launched processes.
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        textwrap.dedent(
-            """
-            import os
-            if os.environ.get("RANK") == "1":
-                import llmkit.training.trainer as trainer
-                original = trainer.LlmkitTrainer.training_step
-                def failing_step(self, *args, **kwargs):
-                    if self.state.global_step == 1:
-                        raise RuntimeError("rank 1 lost its data shard")
-                    return original(self, *args, **kwargs)
-                trainer.LlmkitTrainer.training_step = failing_step
-            """
-        )
-    )
     recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"max_steps": 20})
-    pythonpath = os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
+    pythonpath = failing_step_pythonpath(
+        tmp_path / "inject", step=1, message="rank 1 lost its data shard", rank=1
+    )
     result = _launch(
         "finetune",
         recipe,

@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from test_distributed import LAUNCH_TIMEOUT_S, _launch, _single_process_evaluation
 
-from helpers import log_entries, results_of, write_recipe
+from helpers import failing_step_pythonpath, log_entries, results_of, write_recipe
 
 TRAIN = {"epochs": 3, "batch_size": 8, "learning_rate": 2e-2, "eval_batch_size": 16, "logging_steps": 5}
 
@@ -164,27 +163,10 @@ def test_an_interrupted_two_machine_run_resumes_on_both_from_the_shared_run_dire
     runs: Runs, tmp_path: Path
 ) -> None:
     # Machine 1's process fails at step 12, after the checkpoint of step 10.
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        textwrap.dedent(
-            """
-            import os
-            if os.environ.get("RANK") == "1":
-                import llmkit.training.trainer as trainer
-                original = trainer.LlmkitTrainer.training_step
-                def failing_step(self, *args, **kwargs):
-                    if self.state.global_step == 12:
-                        raise RuntimeError("machine 1 lost power")
-                    return original(self, *args, **kwargs)
-                trainer.LlmkitTrainer.training_step = failing_step
-            """
-        )
-    )
+    pythonpath = failing_step_pythonpath(tmp_path / "inject", step=12, message="machine 1 lost power", rank=1)
     run_dir = tmp_path / "run"
     every_10 = "train.checkpoint_every=10"
     port = _free_port()
-    pythonpath = os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
     failed = _launch_machines(
         [
             ["finetune", runs.recipe, every_10, "--output-dir", run_dir, *_machine_flags(rank, port)]

@@ -24,7 +24,7 @@ from llmkit.launch import Machines, launch_command
 from llmkit.recipe.schema import DistributedSection
 from llmkit.training.strategies import StrategyUnavailable, check_strategy, launcher_arguments
 
-from helpers import explain, log_entries, results_of
+from helpers import explain, failing_step_pythonpath, log_entries, results_of
 
 # ----------------------------------------------------------------------------- recipe keys
 
@@ -221,20 +221,7 @@ def test_an_interrupted_fsdp_run_resumes_from_its_checkpoint(
     assert whole.returncode == 0, whole.stderr[-4000:]
 
     # Fails at step 30 of 50, after the checkpoint of the first epoch (step 25).
-    inject = tmp_path / "inject"
-    inject.mkdir()
-    (inject / "sitecustomize.py").write_text(
-        "import os\n"
-        "if 'RANK' in os.environ:\n"
-        "    import llmkit.training.trainer as trainer\n"
-        "    original = trainer.LlmkitTrainer.training_step\n"
-        "    def failing_step(self, *args, **kwargs):\n"
-        "        if self.state.global_step == 30:\n"
-        "            raise RuntimeError('the GPU fell off the bus')\n"
-        "        return original(self, *args, **kwargs)\n"
-        "    trainer.LlmkitTrainer.training_step = failing_step\n"
-    )
-    pythonpath = os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")]))
+    pythonpath = failing_step_pythonpath(tmp_path / "inject", step=30, message="the GPU fell off the bus")
     run_dir = tmp_path / "run"
     failed = subprocess.run(
         [sys.executable, "-m", "llmkit", "finetune", str(recipe), "--output-dir", str(run_dir)],
