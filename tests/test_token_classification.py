@@ -169,6 +169,43 @@ def test_predict_writes_entities_with_character_offsets(
     assert "writes nested predictions, which csv cannot hold" in refused.stderr
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_model_card_code_finds_the_entities_llmkit_predict_finds(
+    tagging_runs: TaggingRuns, method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card's plain transformers/PEFT code (run as written, its example call included) gives
+    a token-classification pipeline whose grouped entities are llmkit predict's."""
+    run_dir, _ = tagging_runs("bert", method)
+    card = (run_dir / "model" / "README.md").read_text(encoding="utf-8")
+    start = card.index("```python\n") + len("```python\n")
+    code = card[start : card.index("```", start)]
+    assert 'pipeline("token-classification"' in code and "aggregation_strategy" in code
+    base = Path(results_of(run_dir)["model"]["checkpoint"])  # a local base: the card asks for its path
+    code = code.replace(f"base_model = {base.name!r}", f"base_model = {str(base)!r}")
+    namespace: dict[str, Any] = {}
+    with monkeypatch.context() as here:
+        here.chdir(run_dir)  # the card names the model directory as a reader beside it would
+        exec(code.replace("print(", "(lambda *_: None)("), namespace)
+    sentences = ["it was awful and boring", "the movie was really great fun", "a plain day at home"]
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    result = invoke("predict", run_dir, "--input", raw)
+    assert result.exit_code == 0, explain(result)
+    expected = [
+        [(e["type"], e["start"], e["end"]) for e in json.loads(line)["entities"]]
+        for line in result.stdout.splitlines()
+    ]
+    found = [
+        [
+            (e["entity_group"], e["start"], e["end"])
+            for e in namespace["classifier"](s, aggregation_strategy="first")
+        ]
+        for s in sentences
+    ]
+    assert found == expected
+    assert any(expected), "the trained tagger finds the cue words' entities"
+
+
 def test_merge_folds_a_lora_token_classifier(tagging_runs: TaggingRuns, tmp_path: Path) -> None:
     from transformers import AutoModelForTokenClassification
 

@@ -28,7 +28,7 @@ class TaskCard:
 
     pipeline_tag: str
     label_names: list[str]
-    text_columns: list[str]
+    example_call: str  # the pipeline (as `classifier`) called on an example input
     auto_class: str = "AutoModelForSequenceClassification"  # the transformers class of the task's head
 
     def label_arguments(self, indent: str) -> str:
@@ -41,13 +41,6 @@ class TaskCard:
             f"{indent}id2label=dict(enumerate(labels)),\n"
             f"{indent}label2id={{label: i for i, label in enumerate(labels)}},\n"
         )
-
-    def example_call(self) -> str:
-        if not self.label_names:  # generation: the pipeline continues a prompt
-            return 'classifier("an example prompt", max_new_tokens=64, return_full_text=False)'
-        if len(self.text_columns) == 2:
-            return 'classifier({"text": "first sentence", "text_pair": "second sentence"}, truncation=True)'
-        return 'classifier(["an example to classify"], truncation=True)'
 
 
 @dataclass(frozen=True)
@@ -77,7 +70,7 @@ def card_facts(recipe: Recipe, results: dict[str, Any], model_dir: Path, is_adap
     card = TaskCard(
         task.hub_pipeline_tag,
         list(results["data"]["label_names"]),
-        recipe.data.text_columns,
+        task.pipeline_example(recipe.data.text_columns),
         task.auto_model_class().__name__,
     )
     options = recipe.method
@@ -126,7 +119,7 @@ def loading_code(facts: CardFacts) -> str:
     if not facts.is_adapter:
         return (
             f'{head}classifier = pipeline("{task.pipeline_tag}", model={facts.model_dir!r})\n'
-            f"print({task.example_call()})\n"
+            f"print({task.example_call})\n"
         )
     base = facts.base
     imports = "import importlib.resources\n\n" if base.module else ""
@@ -163,7 +156,7 @@ def loading_code(facts: CardFacts) -> str:
         "model = PeftModel.from_pretrained(base, model_dir).eval()\n"
         f"{fix}"
         f'classifier = pipeline("{task.pipeline_tag}", model=model, tokenizer=tokenizer{batching})\n'
-        f"print({task.example_call()})\n"
+        f"print({task.example_call})\n"
     )
 
 

@@ -135,6 +135,10 @@ class GenerationTask(Task):
 
         return AutoModelForCausalLM
 
+    def pipeline_example(self, text_columns: list[str]) -> str:
+        # The pipeline continues a prompt; without return_full_text=False it repeats it.
+        return 'classifier("an example prompt", max_new_tokens=64, return_full_text=False)'
+
     def check_model_type(self, model_type: str, reference: str) -> None:
         from transformers.models.auto.modeling_auto import (
             MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,

@@ -81,6 +81,11 @@ class Task:
         """Adjust the loaded tokenizer (e.g. a prefix space for pre-split words)."""
         return tokenizer
 
+    def pipeline_example(self, text_columns: list[str]) -> str:
+        """A call of the task's transformers pipeline (bound to `classifier`) on an example
+        input, for the model card's loading code."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- data
     def load_splits(self, data: DataSection, seed: int) -> LabelledSplits:
         """The recipe's train/validation(/test) splits with targets, checked."""

@@ -80,6 +80,11 @@ class SequenceClassification(Task):
 
         return AutoModelForSequenceClassification
 
+    def pipeline_example(self, text_columns: list[str]) -> str:
+        if len(text_columns) == 2:
+            return 'classifier({"text": "first sentence", "text_pair": "second sentence"}, truncation=True)'
+        return 'classifier(["an example to classify"], truncation=True)'
+
     def check_model_type(self, model_type: str, reference: str) -> None:
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 

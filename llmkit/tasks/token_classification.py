@@ -133,6 +133,10 @@ class TokenClassification(Task):
 
         return AutoModelForTokenClassification
 
+    def pipeline_example(self, text_columns: list[str]) -> str:
+        # The pipeline splits raw text itself and merges sub-word tags into entities.
+        return 'classifier("George Washington went to Washington.", aggregation_strategy="first")'
+
     def check_model_type(self, model_type: str, reference: str) -> None:
         from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES
 
