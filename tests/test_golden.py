@@ -93,3 +93,33 @@ def test_same_recipe_and_seed_give_identical_results(
     result = cli("finetune", recipe, "train.seed=7", "--output-dir", tmp_path / "other-seed")
     assert result.exit_code == 0, explain(result)
     assert [e["loss"] for e in log_entries(tmp_path / "other-seed") if "loss" in e] != losses[0]
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_micro_batches_report_the_loss_of_the_whole_batch(
+    make_recipe: Any,
+    cli: Any,
+    checkpoints: dict[str, Path],
+    sentiment_data: DataFiles,
+    tmp_path: Path,
+    arch: str,
+) -> None:
+    """train.micro_batch_size splits a batch into accumulated micro-batches: the loss (and so the
+    gradient clipped at max_grad_norm) is the whole batch's mean, not the sum of the micro-batches'
+    means. transformers 5's Trainer leaves it undivided for a classification head (whose forward
+    takes **kwargs): a batch of 8 in micro-batches of 2 reported 4x the loss."""
+    recipe = make_recipe(
+        checkpoints[arch],
+        sentiment_data,
+        "full",
+        train={"max_steps": 2, "logging_steps": 1, "batch_size": 8, "warmup_ratio": 0, "seed": 1234},
+    )
+    losses = {}
+    for micro in (8, 2):
+        out = tmp_path / f"micro-{micro}"
+        result = cli("finetune", recipe, f"train.micro_batch_size={micro}", "--output-dir", out)
+        assert result.exit_code == 0, explain(result)
+        assert results_of(out)["train"]["gradient_accumulation_steps"] == 8 // micro
+        losses[micro] = [e["loss"] for e in log_entries(out) if "loss" in e]
+    # The same examples in the first step; only dropout masks differ between the two splits.
+    assert losses[2][0] == pytest.approx(losses[8][0], rel=0.15), losses

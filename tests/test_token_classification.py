@@ -514,3 +514,46 @@ def test_model_types_without_a_token_classifier_are_refused() -> None:
 
     with pytest.raises(ModelError, match="cannot use for token classification"):
         TokenClassification(TokenClassificationOptions()).check_model_type("clip", "some/clip")
+
+
+@pytest.mark.parametrize("accumulation", [1, 4])
+def test_training_weighs_every_labelled_token_alike_whatever_its_batch(
+    checkpoints: dict[str, Path], tmp_path: Path, accumulation: int
+) -> None:
+    """The token-level training loss is the micro-batch's summed token losses over the mean
+    labelled tokens per micro-batch (one fixed number), divided by the accumulation steps once:
+    a batch of two labelled tokens moves the weights a tenth as much as one of twenty. Evaluation
+    keeps the model's own per-token mean."""
+    import torch
+    from transformers import AutoModelForTokenClassification, TrainingArguments
+
+    from llmkit.training.trainer import LlmkitTrainer
+
+    model = AutoModelForTokenClassification.from_pretrained(checkpoints["bert"], num_labels=5)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], gradient_accumulation_steps=accumulation
+    )
+    trainer = LlmkitTrainer(model=model, args=args)
+    trainer.labelled_tokens_per_micro_batch = 6.0
+    trainer.current_gradient_accumulation_steps = accumulation
+    torch.manual_seed(0)
+    ids = torch.randint(5, model.config.vocab_size, (2, 7))
+    labels = torch.tensor([[-100, 1, 0, 0, 3, 4, -100], [-100, 2, 2, -100, -100, -100, -100]])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    model.eval()
+    own_mean = model(**inputs).loss
+    assert float(trainer.compute_loss(model, dict(inputs)).detach()) == pytest.approx(
+        float(own_mean), rel=1e-6
+    )
+
+    model.train()
+    torch.manual_seed(1)
+    loss = trainer.compute_loss(model, dict(inputs), num_items_in_batch=torch.tensor(7))
+    torch.manual_seed(1)  # the same dropout masks
+    logits = model(input_ids=ids, attention_mask=inputs["attention_mask"]).logits
+    summed = torch.nn.functional.cross_entropy(logits.reshape(-1, 5), labels.reshape(-1), reduction="sum")
+    # Trainer divides by the accumulation steps unless it believes the loss is normalised already.
+    after_trainer = loss / accumulation if trainer._divides_loss_by_accumulation(torch.tensor(7)) else loss
+    assert float(after_trainer) == pytest.approx(float(summed) / 6.0 / accumulation, rel=1e-5)
+    assert float(summed) / 7 != pytest.approx(float(after_trainer) * accumulation, rel=1e-3)  # not a mean

@@ -128,6 +128,7 @@ class GenerationReport(TaskReport):
 class GenerationTask(Task):
     peft_task_type = "CAUSAL_LM"
     hub_pipeline_tag = "text-generation"
+    model_loss_counts_items = True
     options: GenerationOptions
 
     def auto_model_class(self) -> Any:

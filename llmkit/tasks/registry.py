@@ -61,6 +61,17 @@ class Task:
     peft_task_type: ClassVar[str]
     # The Hub's pipeline tag (model cards' `pipeline_tag`, transformers' pipeline task name).
     hub_pipeline_tag: ClassVar[str]
+    # The training loss is a mean over labelled tokens, whose number varies from batch to batch.
+    # Then each token weighs the same whatever batch it lands in (llmkit.training.trainer): with
+    # length-grouped batches, a per-batch mean would weigh a word in a batch of two-word headlines
+    # twenty times as much as one in a batch of forty-word sentences.
+    token_level_loss: ClassVar[bool] = False
+    # The model's own loss divides by the `num_items_in_batch` Trainer passes it (causal LM losses
+    # do), so Trainer must not divide by the accumulation steps again. Classification heads
+    # ignore it and return a per-batch mean: Trainer must divide, which it skips for any model
+    # whose forward takes **kwargs (all of transformers 5), multiplying the loss and gradients by
+    # the accumulation steps (train.micro_batch_size).
+    model_loss_counts_items: ClassVar[bool] = False
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options

@@ -126,6 +126,7 @@ def _missed_last(kind: str) -> tuple[bool, str]:
 class TokenClassification(Task):
     peft_task_type = "TOKEN_CLS"
     hub_pipeline_tag = "token-classification"
+    token_level_loss = True
     options: TokenClassificationOptions
 
     def auto_model_class(self) -> Any:

@@ -69,6 +69,9 @@ class LlmkitTrainer(Trainer):
     non-finite loss, writes checkpoints atomically, and shuffles its length-grouped batches."""
 
     evaluation_seconds: float = 0.0
+    # Set for tasks with a token-level loss (Task.token_level_loss): the training set's mean
+    # labelled tokens per micro-batch, the fixed divisor of each micro-batch's summed token loss.
+    labelled_tokens_per_micro_batch: float | None = None
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)
@@ -77,6 +80,42 @@ class LlmkitTrainer(Trainer):
                 sampler.batch_size, lengths=sampler.lengths, generator=sampler.generator
             )
         return sampler
+
+    def compute_loss(
+        self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        """Training a token-level loss: the micro-batch's summed token losses over the mean number
+        of labelled tokens a micro-batch has, so every token weighs the same in every batch, as
+        random batches weigh them on average. Trainer's per-batch mean (the model's own loss)
+        over-weighs the tokens of short batches, which length grouping makes common: on
+        CoNLL-2003 (MiniLM LoRA, whole training set, 2 epochs) it cost 1.7 points of entity F1
+        against random batches. Evaluation keeps the model's own loss."""
+        divisor = self.labelled_tokens_per_micro_batch
+        if divisor is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop(LABELS)
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        summed = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        if not self._divides_loss_by_accumulation(num_items_in_batch):
+            divisor *= self.current_gradient_accumulation_steps
+        loss = summed / divisor
+        return (loss, outputs) if return_outputs else loss
+
+    def _divides_loss_by_accumulation(self, num_items_in_batch: Any) -> bool:
+        """Whether Trainer.training_step divides compute_loss's result by the accumulation steps
+        (its rule: not when it believes the model or compute_loss_func normalised it already)."""
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (
+                self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            ) or self.compute_loss_func is not None
+        return not scaled
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -256,6 +295,14 @@ def build_trainer(
         preprocess_logits_for_metrics=task.logits_for_metrics(),
         callbacks=[StepLog(log_path)],
     )
+    # Trainer passes a model whose forward takes **kwargs the batch's item count and then leaves
+    # the loss undivided by the accumulation steps; a classification head ignores the count.
+    trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and task.model_loss_counts_items
+    if task.token_level_loss:
+        labelled = sum(sum(1 for label in row if label != -100) for row in train_dataset[LABELS])
+        trainer.labelled_tokens_per_micro_batch = (
+            max(labelled, 1) * plan.micro_batch_size / max(len(train_dataset), 1)
+        )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(QuietProgress(task.metric_names(recipe.eval)))
