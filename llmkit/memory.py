@@ -35,11 +35,38 @@ def peak_memory_mb() -> float:
     return round(peak_resident_kb() / 2**10, 1)
 
 
-def peak_memory_mb_per_process() -> list[float]:
-    """Every process's peak (as `peak_memory_mb`), in rank order: sharding shows as lower peaks in
-    every process, which the main process's alone does not tell. A collective in a process group:
-    every process must call it."""
+def restart_peak() -> tuple[float, bool]:
+    """This process's peak so far, and whether the peak now restarts from the current usage
+    (CUDA's allocator statistics; Linux's VmHWM through /proc/self/clear_refs; elsewhere it
+    cannot). Called as training starts, it separates what training holds (weights, gradients,
+    optimizer state, activations: what sharding divides) from loading's transient peak, which
+    every process of a sharded run pays in full before the model is sharded."""
+    import torch
+
+    before = peak_memory_mb()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return before, True
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")  # 5: reset the peak resident set size to the current one
+    except OSError:
+        return before, False
+    return before, True
+
+
+def peaks_per_process(before_training: tuple[float, bool]) -> tuple[list[float], list[float] | None]:
+    """Every process's peak over the whole run and since training started (None where a process
+    could not restart its peak), in rank order: sharding shows as lower peaks in every process,
+    which the main process's alone does not tell. A collective in a process group: every process
+    must call it."""
     from accelerate.utils import gather_object
 
-    peaks: list[float] = gather_object([peak_memory_mb()])
-    return peaks
+    earlier, restarted = before_training
+    during = peak_memory_mb()
+    gathered: list[tuple[float, float | None]] = gather_object(
+        [(max(earlier, during), during if restarted else None)]
+    )
+    whole = [peak for peak, _ in gathered]
+    training = [peak for _, peak in gathered if peak is not None]
+    return whole, training if len(training) == len(gathered) else None

@@ -174,7 +174,7 @@ def record_failure(run: RunDirectory, reason: str) -> None:
 
 
 def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan: Any) -> dict[str, Any]:
-    from llmkit.memory import peak_memory_mb_per_process
+    from llmkit.memory import peaks_per_process, restart_peak
     from llmkit.models.parameters import base_model, parameter_counts
     from llmkit.training.flops import flops_per_example
     from llmkit.training.precision import resolve_precision
@@ -196,6 +196,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
         log_path=run.log_path,
         plan=plan,
     )
+    before_training = restart_peak()
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     training_seconds = output.metrics["train_runtime"] - trainer.evaluation_seconds
     epochs_done = trainer.state.epoch or 0.0
@@ -206,7 +207,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     lengths = [len(ids) for ids in splits["train"]["input_ids"]]
     tokens = sum(lengths) / len(lengths) * samples
     model_flops = flops_per_example(trainer.model, recipe.method, lengths) * samples
-    peaks = peak_memory_mb_per_process()
+    peaks, training_peaks = peaks_per_process(before_training)
 
     names = ("loss", *prepared.task.metric_names(recipe.eval))
     metrics = {"validation": _final_validation(trainer, names)}
@@ -258,6 +259,8 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             "model_flops_per_second": float(f"{model_flops / training_seconds:.4g}"),
             "peak_memory_mb": peaks[0],
             "peak_memory_mb_per_process": peaks,
+            # From the start of training (loading's transient peak excluded): what sharding divides.
+            "training_peak_memory_mb_per_process": training_peaks,
             "device": str(trainer.args.device),
         },
         "parameters": parameter_counts(trainer.model),

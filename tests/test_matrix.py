@@ -101,6 +101,9 @@ def test_finetune_writes_a_complete_run(matrix_runs, arch: str, method: str) -> 
     assert train["learning_rate"] == pytest.approx(expected_lr)
     for key in ("runtime_s", "samples_per_second", "tokens_per_second", "peak_memory_mb"):
         assert train[key] > 0, key
+    # From the start of training, without loading's transient peak: never above the whole run's.
+    (training_peak,) = train["training_peak_memory_mb_per_process"]
+    assert 0 < training_peak <= train["peak_memory_mb"]
     assert train["samples_per_second"] == pytest.approx(train["samples"] / train["runtime_s"], rel=1e-2)
     # Throughput counts real tokens, not padding: per sample, the training file's mean length.
     tokenizer = load_tokenizer(str(run.checkpoint))

@@ -286,6 +286,11 @@ def test_fsdp_path_on_two_cpu_processes_with_accelerates_gpu_gate_lifted(
     assert (results["train"]["distributed_type"], results["train"]["world_size"]) == ("FSDP", 2)
     assert results["train"]["resumed_from_step"] == (25 if method == "lora" else None)
     assert len(results["train"]["peak_memory_mb_per_process"]) == 2
+    training_peaks = results["train"]["training_peak_memory_mb_per_process"]
+    assert all(
+        0 < t <= w
+        for t, w in zip(training_peaks, results["train"]["peak_memory_mb_per_process"], strict=True)
+    )
     assert {"adapter_config.json", "adapter_model.safetensors", "labels.json"} <= {
         p.name for p in (run_dir / "model").iterdir()
     }
