@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 
 def peak_resident_kb(pid: int | str = "self") -> int:
@@ -70,3 +71,26 @@ def peaks_per_process(before_training: tuple[float, bool]) -> tuple[list[float],
     whole = [peak for peak, _ in gathered]
     training = [peak for _, peak in gathered if peak is not None]
     return whole, training if len(training) == len(gathered) else None
+
+
+def _local_bytes(tensor: Any) -> int:
+    """Bytes this process holds of a tensor: its own shard of a DTensor (FSDP2), else all of it."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return int(local.numel()) * int(local.element_size())
+
+
+def training_state_mb_per_process(model: Any, optimizer: Any) -> list[float]:
+    """Every process's share of the training state, in rank order: the model's parameters and the
+    optimizer's state tensors (AdamW's two moments), counted from the tensors themselves. What
+    sharding divides, as exactly as the tensors say it, where resident memory cannot show it on
+    CPU (freed pages of the whole model loaded before sharding stay with the allocator). Gradients
+    are left out: Trainer frees them after every step. A collective in a process group."""
+    import torch
+    from accelerate.utils import gather_object
+
+    held = sum(_local_bytes(p) for p in model.parameters())
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            held += sum(_local_bytes(v) for v in state.values() if isinstance(v, torch.Tensor))
+    shares: list[float] = gather_object([round(held / 2**20, 3)])
+    return shares

@@ -174,7 +174,7 @@ def record_failure(run: RunDirectory, reason: str) -> None:
 
 
 def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan: Any) -> dict[str, Any]:
-    from llmkit.memory import peaks_per_process, restart_peak
+    from llmkit.memory import peaks_per_process, restart_peak, training_state_mb_per_process
     from llmkit.models.parameters import base_model, parameter_counts
     from llmkit.training.flops import flops_per_example
     from llmkit.training.precision import resolve_precision
@@ -208,6 +208,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     tokens = sum(lengths) / len(lengths) * samples
     model_flops = flops_per_example(trainer.model, recipe.method, lengths) * samples
     peaks, training_peaks = peaks_per_process(before_training)
+    training_state = training_state_mb_per_process(trainer.model, trainer.optimizer)
 
     names = ("loss", *prepared.task.metric_names(recipe.eval))
     metrics = {"validation": _final_validation(trainer, names)}
@@ -261,6 +262,8 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             "peak_memory_mb_per_process": peaks,
             # From the start of training (loading's transient peak excluded): what sharding divides.
             "training_peak_memory_mb_per_process": training_peaks,
+            # Parameters and optimizer state each process holds (its shard under FSDP/ZeRO-3).
+            "training_state_mb_per_process": training_state,
             "device": str(trainer.args.device),
         },
         "parameters": parameter_counts(trainer.model),

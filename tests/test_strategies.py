@@ -291,6 +291,12 @@ def test_fsdp_path_on_two_cpu_processes_with_accelerates_gpu_gate_lifted(
         0 < t <= w
         for t, w in zip(training_peaks, results["train"]["peak_memory_mb_per_process"], strict=True)
     )
+    # Sharded: each process holds about half the fp32 weights and AdamW moments, not all of them.
+    counts = results["parameters"]
+    whole_state_mb = (counts["total"] * 4 + counts["trainable"] * 8) / 2**20
+    shares = results["train"]["training_state_mb_per_process"]
+    assert sum(shares) == pytest.approx(whole_state_mb, rel=0.1), (shares, whole_state_mb)
+    assert max(shares) < 0.6 * whole_state_mb, (shares, whole_state_mb)
     assert {"adapter_config.json", "adapter_model.safetensors", "labels.json"} <= {
         p.name for p in (run_dir / "model").iterdir()
     }
