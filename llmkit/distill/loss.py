@@ -13,7 +13,7 @@ student's log-probabilities at those tokens come from its full softmax."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch

@@ -88,11 +88,12 @@ class LlmkitTrainer(Trainer):
         self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
         """The task's loss (compute_loss without a teacher). Training a token-level loss: the
-        micro-batch's summed token losses over the mean number of labelled tokens a micro-batch has, so every token weighs the same in every batch, as
-        random batches weigh them on average. Trainer's per-batch mean (the model's own loss)
-        over-weighs the tokens of short batches, which length grouping makes common: on
-        CoNLL-2003 (MiniLM LoRA, whole training set, 2 epochs) it cost 1.7 points of entity F1
-        against random batches. Evaluation keeps the model's own loss."""
+        micro-batch's summed token losses over the mean number of labelled tokens a micro-batch
+        has, so every token weighs the same in every batch, as random batches weigh them on
+        average. Trainer's per-batch mean (the model's own loss) over-weighs the tokens of short
+        batches, which length grouping makes common: on CoNLL-2003 (MiniLM LoRA, whole training
+        set, 2 epochs) it cost 1.7 points of entity F1 against random batches. Evaluation keeps
+        the model's own loss."""
         divisor = self.labelled_tokens_per_micro_batch
         if divisor is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
