@@ -416,3 +416,18 @@ def test_a_teacher_that_is_no_run_or_no_fine_tuned_checkpoint_is_refused(
     )
     assert base.exit_code == 2
     assert "is not fine-tuned for sequence_classification, so its outputs would be random" in base.stderr
+
+
+def test_weight_zero_reproduces_token_classification_without_a_teacher(
+    tmp_path: Path, bert_checkpoint: Path, tagged: tuple[Path, Path], gpt2_tagger: Path
+) -> None:
+    """Token classification trains its own token-level loss; a teacher at weight 0 leaves it as is."""
+    recipe = _tagging_recipe(tmp_path / "student.yaml", bert_checkpoint, tagged, {"epochs": 1})
+    plain = _finetune(recipe, tmp_path / "plain")
+    distilled = _finetune(
+        recipe, tmp_path / "weight0", f"train.distill={{teacher: {gpt2_tagger}, weight: 0}}"
+    )
+    assert distilled["metrics"] == plain["metrics"]
+    assert [e.get("loss") for e in log_entries(tmp_path / "weight0")] == [
+        e.get("loss") for e in log_entries(tmp_path / "plain")
+    ]
