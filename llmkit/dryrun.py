@@ -53,6 +53,7 @@ class DryRun:
     memory: MemoryEstimate
     output_dir_exists: bool
     plan: BatchPlan
+    distillation: list[str]  # the teacher, the label-space check and the cache size; [] without one
 
 
 def dry_run(recipe: Recipe, num_processes: int = 1) -> DryRun:
@@ -80,6 +81,9 @@ def dry_run(recipe: Recipe, num_processes: int = 1) -> DryRun:
         steps=steps,
         memory=estimate_memory(prepared.model, micro_batch, tokens),
         plan=plan,
+        distillation=(
+            prepared.distillation.describe_lines(prepared.label_names) if prepared.distillation else []
+        ),
         output_dir_exists=output_dir is not None and output_dir.is_dir() and any(output_dir.iterdir()),
     )
 
@@ -145,6 +149,7 @@ def describe(result: DryRun) -> str:
         f"training: {result.steps} optimizer steps ({result.steps_per_epoch} per epoch, {batching}, "
         f"{'train.max_steps' if recipe.train.max_steps else f'{recipe.train.epochs:g} epochs'}), "
         f"learning rate {recipe.learning_rate:g}",
+        *result.distillation,
         f"estimated peak memory: {memory.total:,.0f} MB = weights {memory.weights:,.1f} + gradients "
         f"{memory.gradients:,.1f} + AdamW states {memory.optimizer:,.1f} + activations "
         f"{memory.activations:,.1f} (micro batch {memory.micro_batch} x {memory.tokens} tokens)",

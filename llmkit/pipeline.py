@@ -21,6 +21,7 @@ from llmkit.runtime import distributed_state, quiet_libraries
 from llmkit.training.failures import check_finite, explain_failure
 
 if TYPE_CHECKING:
+    from llmkit.distill.run import Distillation
     from llmkit.tasks import Task
 
 
@@ -36,6 +37,7 @@ class Prepared:
     label_names: list[str]
     traits: Any
     validation_carved: bool
+    distillation: Distillation | None = None  # the teacher, checked against this student
 
 
 def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
@@ -56,7 +58,17 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     check_precision(recipe.train.precision)
     check_trackers(recipe.train.report_to)
     task = task_for(recipe.task)
-    labelled = task.load_splits(recipe.data, seed=recipe.train.seed)
+    distill = recipe.train.distill
+    teacher = None
+    if distill is not None:
+        from llmkit.distill.teacher import load_teacher
+
+        teacher = load_teacher(recipe, task)
+    # A teacher that trains alone labels the training rows: their own labels are not read.
+    alone = (
+        teacher.label_names if teacher is not None and distill is not None and distill.weight == 1.0 else None
+    )
+    labelled = task.load_splits(recipe.data, seed=recipe.train.seed, teacher_labels=alone)
     task.check_metrics(recipe.eval, labelled.label_names)
     set_seed(recipe.train.seed)  # the new head and adapters start from the seed
     loaded = load_classifier(recipe.model.checkpoint, labelled.label_names, recipe.model.revision, task)
@@ -71,6 +83,20 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     for split in ("validation", "test"):
         if split in tokenised:
             tokenised[split] = sorted_by_length(tokenised[split])
+    distillation = None
+    if teacher is not None:
+        from llmkit.distill.run import plan_distillation
+
+        distillation = plan_distillation(
+            recipe,
+            task,
+            teacher,
+            loaded.tokenizer,
+            model,
+            labelled.label_names,
+            labelled.splits["train"],
+            tokenised["train"],
+        )
     return Prepared(
         recipe=recipe,
         task=task,
@@ -80,6 +106,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
         label_names=labelled.label_names,
         traits=loaded.traits,
         validation_carved=labelled.validation_carved,
+        distillation=distillation,
     )
 
 
@@ -142,7 +169,10 @@ def recipe_inputs(recipe: Recipe) -> list[Path]:
     data = recipe.data
     found = [Path(p) for p in (data.train_file, data.validation_file, data.test_file) if p is not None]
     checkpoint = Path(recipe.model.checkpoint).expanduser()
-    return found + ([checkpoint] if checkpoint.exists() else [])
+    found += [checkpoint] if checkpoint.exists() else []
+    if recipe.train.distill is not None:
+        found.append(Path(recipe.train.distill.teacher).expanduser())
+    return found
 
 
 def _run(prepared: Prepared, run: RunDirectory, checkpoint: Path | None, plan: Any) -> dict[str, Any]:
@@ -184,6 +214,16 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
 
     recipe, splits = prepared.recipe, prepared.splits
     started_at = now()
+    distillation = prepared.distillation
+    if distillation is not None:
+        from llmkit.distill.cache import ROW
+
+        # The main process computes (or finds) the cache first; the others then read it.
+        with distributed_state().main_process_first():
+            distillation.cache_logits(
+                run.path, splits["train"], prepared.task, recipe.data, recipe.train.eval_batch_size
+            )
+        splits = {**splits, "train": splits["train"].add_column(ROW, list(range(len(splits["train"]))))}
     trainer = build_trainer(
         recipe,
         prepared.model,
@@ -195,6 +235,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
         output_dir=run.checkpoints_dir,
         log_path=run.log_path,
         plan=plan,
+        distillation=distillation,
     )
     before_training = restart_peak()
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -267,6 +308,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             "device": str(trainer.args.device),
         },
         "parameters": parameter_counts(trainer.model),
+        **({"distill": distillation.record()} if distillation is not None else {}),
         "versions": run_versions(),
     }
     # Sharded weights are gathered by every process (a collective), then written by the main one.

@@ -719,3 +719,60 @@ def test_plan_expectations_merge_the_precision_floors_over_the_common_ones() -> 
     assert expect.for_precision("fp32").min_inference_ratio is None
     with pytest.raises(ValueError, match="not another by_precision"):
         Expectations(by_precision={"bf16": Expectations(by_precision={"fp32": Expectations()})})
+
+
+# ----------------------------------------------------------------------------- runs using runs
+
+
+def test_a_run_can_use_an_earlier_runs_directory(
+    tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles
+) -> None:
+    """A distillation student names its teacher by run name; each seed of the student gets the
+    teacher's directory at that seed, or at the teacher's first seed when it has no such seed."""
+    from llmkit.bench.loading import plan_bench
+
+    bench_recipe(tmp_path, bert_checkpoint, sentiment_data, "full", "recipe.yaml", epochs=1)
+    student = {"train.distill": {"weight": 1.0}}
+    bench = write_bench(
+        tmp_path / "bench.yaml",
+        {
+            "runs": [
+                {"name": "teacher", "recipe": "recipe.yaml", "seeds": [1], "overrides": {"train.epochs": 3}},
+                {
+                    "name": "student",
+                    "recipe": "recipe.yaml",
+                    "seeds": [1, 2],
+                    "overrides": student,
+                    "uses": {"train.distill.teacher": "teacher"},
+                },
+            ]
+        },
+    )
+    plan = plan_bench(bench, [], tmp_path / "out")
+    assert [(run.name, run.seed) for run in plan.runs] == [("teacher", 1), ("student", 1), ("student", 2)]
+    teacher_dir = (tmp_path / "out" / "runs" / "teacher-seed1").resolve()
+    for run in plan.runs[1:]:
+        assert run.recipe.train.distill is not None
+        assert Path(run.recipe.train.distill.teacher) == teacher_dir
+
+    result = invoke("bench", bench, "--output-dir", tmp_path / "out")
+    assert result.exit_code == 0, explain(result)
+    for seed in (1, 2):
+        distill = results_of(tmp_path / "out" / "runs" / f"student-seed{seed}")["distill"]
+        assert distill["teacher"]["source"] == str(teacher_dir)
+        assert distill["teacher"]["validation_metrics"] == results_of(teacher_dir)["metrics"]["validation"]
+
+
+def test_a_run_cannot_use_a_run_made_after_it(small_bench: Callable[..., Path]) -> None:
+    bench = small_bench(
+        [
+            {"name": "student", "recipe": "recipe.yaml", "uses": {"train.distill.teacher": "teacher"}},
+            {"name": "teacher", "recipe": "recipe.yaml"},
+        ]
+    )
+    result = invoke("bench", bench, "--dry-run")
+    assert result.exit_code == USER_ERROR, explain(result)
+    assert (
+        "student: uses.train.distill.teacher: 'teacher' is listed after it; name an llmkit run listed "
+        "before student (runs are made in the order listed)" in result.stderr
+    )

@@ -105,10 +105,22 @@ def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path 
         peer_script = (path.parent / peer_script).resolve()
     problems: list[str] = []
     seeds: dict[str, list[int]] = {}
+
+    def used_dirs(run: LlmkitRun, seed: int | None) -> dict[str, str]:
+        """The directories of the runs `run` uses, at `seed` (see LlmkitRun.uses)."""
+        found = {}
+        for key, name in run.uses.items():
+            their = seeds.get(name, [])
+            chosen = seed if seed in their else their[0] if their else seed
+            found[key] = str((output_dir / RUNS_DIR / f"{name}-seed{chosen}").resolve())
+        return found
+
     for index, run in enumerate(bench.runs):
         if isinstance(run, LlmkitRun):
             try:
-                recipe = _resolve(path, lines, bench, index, run, None, recipe_overrides, output_dir)
+                recipe = _resolve(
+                    path, lines, bench, index, run, None, recipe_overrides, output_dir, used_dirs(run, None)
+                )
             except LlmkitError as exc:
                 problems.append(f"run {run.label}: {exc}")
             else:
@@ -138,7 +150,8 @@ def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path 
                 continue
             run_dir = output_dir / RUNS_DIR / f"{run.label}-seed{seed}"
             index = bench.runs.index(source)
-            recipe = _resolve(path, lines, bench, index, source, seed, recipe_overrides, run_dir)
+            used = used_dirs(source, seed)
+            recipe = _resolve(path, lines, bench, index, source, seed, recipe_overrides, run_dir, used)
             like = run.like if isinstance(run, PeerRun) else None
             # Once per run: prediction speed does not depend on the training seed.
             inference = isinstance(run, LlmkitRun) and run.measure_inference and position == 0
@@ -285,8 +298,10 @@ def _resolve(
     seed: int | None,
     cli_overrides: list[str],
     output_dir: Path,
+    used: dict[str, str] | None = None,
 ) -> Recipe:
-    """The run's recipe with the bench's, the run's, the seed's and the command line's settings."""
+    """The run's recipe with the bench's, the run's, the seed's and the command line's settings;
+    `used`: dotted keys set to the directories of the runs this run uses, over the run's overrides."""
     recipe_file = path.parent / run.recipe
     if not recipe_file.is_file():
         line = lines.get(("runs", str(index), "recipe"))
@@ -308,6 +323,10 @@ def _resolve(
             value = resolve_path_value(keys, value, path.parent) if keys in PATH_KEYS else value
             tree = deep_merge(tree, _nest(keys, value))
             sources[keys] = f"{path}:{lines.get((*where, dotted), lines.get(where))}"
+    for dotted, directory in (used or {}).items():
+        keys = tuple(dotted.split("."))
+        tree = deep_merge(tree, _nest(keys, directory))
+        sources[keys] = f"{path}:{lines.get(('runs', str(index), 'uses', dotted))}"
     if seed is not None:
         tree = deep_merge(tree, {"train": {"seed": seed}})
     tree["output_dir"] = str(output_dir)

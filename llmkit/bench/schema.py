@@ -131,6 +131,12 @@ class LlmkitRun(RunBase):
         description="After the first seed's training: `llmkit predict`'s rows/s against a transformers "
         "pipeline('text-classification') on the same model, validation rows and batch size.",
     )
+    uses: dict[str, str] = Field(
+        default_factory=dict,
+        description="Recipe keys set to another llmkit run's directory, e.g. {train.distill.teacher: "
+        "teacher} for a student of the run named teacher, which must be listed before this one: its "
+        "directory at this run's seed when it has that seed, else at its first.",
+    )
 
     @model_validator(mode="after")
     def _inference_ratio_needs_measuring(self) -> LlmkitRun:
@@ -234,6 +240,23 @@ class Bench(Section):
                     f"{run.label}: expect.min_speed_ratio needs expect.speed_reference (no peer run "
                     "is like this run)"
                 )
+        for position, run in enumerate(self.runs):
+            if not isinstance(run, LlmkitRun):
+                continue
+            before = {r.label: r.kind for r in self.runs[:position]}
+            for key, used in run.uses.items():
+                if before.get(used) != "llmkit":
+                    where = (
+                        "is a peer run"
+                        if kinds.get(used) == "peer"
+                        else "is listed after it"
+                        if used in kinds
+                        else "is not a run of this bench"
+                    )
+                    problems.append(
+                        f"{run.label}: uses.{key}: '{used}' {where}; name an llmkit run listed before "
+                        f"{run.label} (runs are made in the order listed)"
+                    )
         for name in names:
             if len(self.peers_of(name)) > 1:
                 problems.append(f"{name}: more than one peer run is like it; keep one")

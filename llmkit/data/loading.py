@@ -31,13 +31,21 @@ class LabelledSplits:
     validation_carved: bool = False
 
 
-def load_splits(data: DataSection, seed: int) -> LabelledSplits:
+def load_splits(
+    data: DataSection, seed: int, unlabelled_train_names: list[str] | None = None
+) -> LabelledSplits:
+    """`unlabelled_train_names`: the label names of a teacher that labels the training rows
+    (distillation with weight 1.0): the training split's labels are then not read, may be absent,
+    and the other splits' labels are read as these names."""
+    unlabelled = unlabelled_train_names is not None
     if data.train_file is not None:
-        raw = _read_files(data)
+        raw = _read_files(data, unlabelled)
     else:
         raw = read_hub(data)
         for split, dataset in raw.items():
-            _check_columns(dataset, data, _describe_split(data, split))
+            _check_columns(dataset, data, _describe_split(data, split), unlabelled and split == "train")
+    if unlabelled_train_names is not None:
+        return _with_teacher_labels(raw, data, unlabelled_train_names)
     label_names, to_id = _label_mapping(raw["train"], data)
     encoded = {
         split: encode_labels(ds, data, to_id, len(label_names), _describe_split(data, split))
@@ -59,6 +67,51 @@ def load_splits(data: DataSection, seed: int) -> LabelledSplits:
     return LabelledSplits(splits=encoded, label_names=label_names, validation_carved=carved)
 
 
+def _with_teacher_labels(
+    raw: dict[str, Dataset], data: DataSection, label_names: list[str]
+) -> LabelledSplits:
+    """Training text without labels; validation and test labels read as the teacher's names (an
+    integer label i as data.label_names[i] when given, else as written)."""
+    if "validation" not in raw:
+        raise DataError(
+            "Training on the teacher alone (train.distill.weight 1.0) reads the training file without "
+            "labels, so no labelled validation split can be carved from it.",
+            hint="set data.validation_file (or data.validation_split) to labelled rows",
+        )
+    train = raw["train"].select_columns(data.text_columns)
+    if data.max_train_samples is not None and len(train) > data.max_train_samples:
+        train = train.select(range(data.max_train_samples))
+    encoded = {"train": train}
+    for split in ("validation", "test"):
+        if split not in raw:
+            continue
+        values = set(raw[split][data.label_column])
+        to_id = {}
+        for value in values:
+            number = _as_int(value)
+            name = (
+                data.label_names[number]
+                if data.label_names is not None and number is not None and 0 <= number < len(data.label_names)
+                else str(number if number is not None else value)
+            )
+            if name in label_names:
+                to_id[value] = label_names.index(name)
+        unknown = {v for v in values if v not in to_id and not _is_missing(v)}
+        if unknown:
+            raise DataError(
+                f"{_describe_split(data, split)} has labels the teacher does not have: {_preview(unknown)} "
+                f"(the teacher's labels: {', '.join(label_names)}).",
+                hint="check data.label_column, and data.label_names for integer labels",
+            )
+        encoded[split] = encode_labels(
+            raw[split], data, to_id, len(label_names), _describe_split(data, split)
+        )
+        cap = data.max_eval_samples
+        if cap is not None and len(encoded[split]) > cap:
+            encoded[split] = encoded[split].select(range(cap))
+    return LabelledSplits(splits=encoded, label_names=list(label_names))
+
+
 def _check_capped_train_labels(train: Dataset, data: DataSection, label_names: list[str]) -> None:
     # The first N rows of a file sorted by label can all have one label, though the whole file has more.
     present = train.unique(LABELS)
@@ -75,7 +128,7 @@ def _describe_split(data: DataSection, split: str) -> str:
     return f"'{path}'" if path is not None else f"split '{split}' of {data.dataset}"
 
 
-def _read_files(data: DataSection) -> dict[str, Dataset]:
+def _read_files(data: DataSection, unlabelled_train: bool = False) -> dict[str, Dataset]:
     """Every split's file, read and column-checked; all problems are reported together."""
     paths = {split: getattr(data, f"{split}_file") for split in SPLITS}
     read: dict[str, Dataset] = {}
@@ -85,7 +138,7 @@ def _read_files(data: DataSection) -> dict[str, Dataset]:
             continue
         try:
             read[split] = read_file(path, data)
-            _check_columns(read[split], data, f"'{path}'")
+            _check_columns(read[split], data, f"'{path}'", unlabelled_train and split == "train")
         except DataError as exc:
             problems.append(exc)
     if len(problems) == 1:
@@ -341,9 +394,10 @@ def read_hub(data: DataSection) -> dict[str, Dataset]:
     }
 
 
-def _check_columns(dataset: Dataset, data: DataSection, where: str) -> None:
+def _check_columns(dataset: Dataset, data: DataSection, where: str, unlabelled: bool = False) -> None:
     columns = dataset.column_names
-    missing = [c for c in (*data.text_columns, data.label_column) if c not in columns]
+    wanted = data.text_columns if unlabelled else [*data.text_columns, data.label_column]
+    missing = [c for c in wanted if c not in columns]
     if missing:
         raise DataError(
             f"{where} has no column {', '.join(repr(c) for c in missing)}; its columns are: "

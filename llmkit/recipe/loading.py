@@ -18,7 +18,12 @@ from llmkit.tasks import DEFAULT_TASK, TASKS
 
 # Keys whose values are paths to inputs: in a recipe file they are relative to that file, so a
 # recipe and its data travel together; on the command line they are relative to where you are.
-INPUT_PATH_KEYS = (("data", "train_file"), ("data", "validation_file"), ("data", "test_file"))
+INPUT_PATH_KEYS = (
+    ("data", "train_file"),
+    ("data", "validation_file"),
+    ("data", "test_file"),
+    ("train", "distill", "teacher"),  # a run directory or checkpoint directory
+)
 # Also paths, the same way, but not always: a checkpoint may be a hub id (resolved only when it
 # names something local), and the default run directory (runs/<recipe name>) is where you are.
 CHECKPOINT_KEY = ("model", "checkpoint")

@@ -56,9 +56,24 @@ def _rows(prefix: str, model: type[BaseModel], skip: tuple[str, ...] = ()) -> li
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             rows.extend(_rows(f"{prefix}{name}.", field.annotation))  # a nested section, key by key
             continue
+        optional = _optional_section(field.annotation)
+        if optional is not None:  # a section that is absent (null) unless given: itself, then its keys
+            rows.append(f"| `{prefix}{name}` | section \\| null | `null` | {field.description or ''} |")
+            rows.extend(_rows(f"{prefix}{name}.", optional))
+            continue
         kind, default = _type_name(field.annotation), _default(field)
         rows.append(f"| `{prefix}{name}` | {kind} | {default} | {field.description or ''} |")
     return rows
+
+
+def _optional_section(annotation: Any) -> type[BaseModel] | None:
+    """The section class of a `Section | None` field, else None."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    members = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
+        return members[0]
+    return None
 
 
 def reference_markdown() -> str:

@@ -234,6 +234,37 @@ Tracker = Literal[
 ]  # fmt: skip
 
 
+class DistillSection(Section):
+    teacher: str = Field(
+        description="The model the student learns from: a completed llmkit run directory (its "
+        "model, method, precision and label names are read from the run) or a fine-tuned checkpoint "
+        "directory for the task (e.g. `llmkit merge` output); relative to the recipe file. For "
+        "classification it may have another architecture and tokenizer than the student."
+    )
+    temperature: PositiveFloat = Field(
+        2.0, description="Softens both distributions before they are compared (T)."
+    )
+    weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="loss = (1 - weight) x task loss + weight x T^2 x KL(teacher_T, student_T): the KL "
+        "divergence of the student's distribution from the teacher's, both at temperature T, averaged "
+        "over the positions the task trains (T^2 keeps the distillation gradients at the task loss's "
+        "scale whatever T is). 0: the task loss alone; 1: the teacher alone, so the training file's "
+        "labels are not read and may be absent.",
+    )
+    loss: Literal["kl"] = Field(
+        "kl",
+        description="How the distributions are compared: KL divergence of the student's from the teacher's.",
+    )
+    top_k: PositiveInt = Field(
+        32,
+        description="Generation: the teacher's k likeliest next tokens kept per position in the cache "
+        "(its distribution renormalised over them); classification keeps every label.",
+    )
+
+
 class TrainSection(Section):
     epochs: PositiveFloat = Field(3.0, description="Passes over the training data; may be fractional.")
     max_steps: PositiveInt | None = Field(None, description="Stop after this many steps.")
@@ -281,6 +312,11 @@ class TrainSection(Section):
         2, description="Most recent checkpoints kept; all are deleted once the run completes."
     )
     distributed: DistributedSection = Field(default_factory=DistributedSection)
+    distill: DistillSection | None = Field(
+        None,
+        description="Knowledge distillation: the student also learns the teacher's output "
+        "distribution (teacher logits computed once, cached in the run directory); null: no teacher.",
+    )
 
     @model_validator(mode="after")
     def _micro_batch_divides_batch(self) -> TrainSection:

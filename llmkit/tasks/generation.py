@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from llmkit.data.loading import LabelledSplits
+    from llmkit.distill.cache import TeacherTargets
+    from llmkit.distill.teacher import Teacher
     from llmkit.generation.engine import Generation
     from llmkit.methods import MethodOptions
     from llmkit.recipe.schema import DataSection, EvalSection, Recipe
@@ -170,7 +172,11 @@ class GenerationTask(Task):
             )
 
     # ---------------------------------------------------------------- data
-    def load_splits(self, data: DataSection, seed: int) -> LabelledSplits:
+    def load_splits(
+        self, data: DataSection, seed: int, teacher_labels: list[str] | None = None
+    ) -> LabelledSplits:
+        """Prompts with their completions, also when a teacher trains alone: the teacher's
+        distribution is taken over the reference completion's tokens."""
         from llmkit.data.loading import LabelledSplits, read_hub
         from llmkit.generation.data import read_split_files
 
@@ -398,6 +404,64 @@ class GenerationTask(Task):
             f"  no loss:  {tokenizer.decode(ids[:trained_from])!r}",
             f"  trained:  {tokenizer.decode(ids[trained_from:])!r}",
         ]
+
+    # ---------------------------------------------------------------- distillation
+    def align_teacher(
+        self, teacher: Teacher, tokenizer: PreTrainedTokenizerBase, model: Any, label_names: list[str]
+    ) -> list[int] | None:
+        from llmkit.distill.teacher import check_same_vocabulary
+
+        check_same_vocabulary(teacher, tokenizer, model)
+        return None
+
+    def distillation_positions(self, row: dict[str, Any]) -> list[int]:
+        # Every position whose next token is trained: where the loss is taken.
+        labels = row["labels"]
+        return [position for position in range(len(labels) - 1) if labels[position + 1] != IGNORED]
+
+    def teacher_targets(
+        self,
+        teacher: Teacher,
+        order: list[int] | None,
+        raw_train: Dataset,
+        train: Dataset,
+        data: DataSection,
+        batch_size: int,
+        top_k: int,
+    ) -> TeacherTargets:
+        """The teacher reads the student's own tokenised rows (the vocabularies are the same),
+        packed rows included; its top-k next-token logits are kept at every trained position."""
+        import numpy as np
+        import torch
+
+        from llmkit.distill.cache import TeacherTargets
+        from llmkit.generation.data import pad_batch
+        from llmkit.training.precision import torch_dtype
+
+        model = teacher.model
+        device = next(model.parameters()).device
+        dtype = torch_dtype(teacher.precision)
+        columns = [
+            c for c in ("input_ids", "attention_mask", "labels", "position_ids") if c in train.column_names
+        ]
+        rows = list(train.select_columns(columns))
+        positions: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        indices: list[np.ndarray] = []
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                batch = pad_batch(chunk, teacher.tokenizer.pad_token_id)
+                del batch["labels"]
+                width = batch["input_ids"].shape[1]
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits[:, -width:]
+                for i, row in enumerate(chunk):
+                    where = self.distillation_positions(row)
+                    top = logits[i, where].float().topk(min(top_k, logits.shape[-1]), dim=-1)
+                    positions.append(np.array(where, dtype=np.int32))
+                    values.append(top.values.cpu().numpy())
+                    indices.append(top.indices.cpu().numpy().astype(np.int32))
+        return TeacherTargets(positions=positions, logits=values, indices=indices)
 
 
 def use_generate_instead() -> LlmkitError:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from llmkit.data.loading import LabelledSplits
+    from llmkit.distill.cache import TeacherTargets
+    from llmkit.distill.teacher import Teacher
     from llmkit.methods import MethodOptions
     from llmkit.models.traits import ModelTraits
     from llmkit.recipe.schema import DataSection, EvalSection, Recipe
@@ -98,8 +100,12 @@ class Task:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- data
-    def load_splits(self, data: DataSection, seed: int) -> LabelledSplits:
-        """The recipe's train/validation(/test) splits with targets, checked."""
+    def load_splits(
+        self, data: DataSection, seed: int, teacher_labels: list[str] | None = None
+    ) -> LabelledSplits:
+        """The recipe's train/validation(/test) splits with targets, checked. `teacher_labels`: the
+        label names of a teacher that trains alone (train.distill.weight 1.0); a task that can
+        reads the training split without its labels then, others read it as usual."""
         raise NotImplementedError
 
     def read_labelled_file(self, path: Path, data: DataSection, label_names: list[str]) -> Dataset:
@@ -218,6 +224,43 @@ class Task:
         self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, label_names: list[str]
     ) -> list[str]:
         """`--dry-run`'s lines showing one tokenised training row and its targets."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- distillation
+    def align_teacher(
+        self, teacher: Teacher, tokenizer: PreTrainedTokenizerBase, model: Any, label_names: list[str]
+    ) -> list[int] | None:
+        """Raise when `teacher` cannot teach this student; else, for each of the student's labels,
+        the teacher's output column (None: outputs compared as they are). Labels are matched by
+        name, so a teacher with another tokenizer and architecture can teach."""
+        from llmkit.distill.teacher import label_order
+
+        return label_order(teacher, label_names)
+
+    def distillation_positions(self, row: dict[str, Any]) -> list[int]:
+        """The positions of a tokenised training row at which the student learns the teacher's
+        distribution (indices into `distilled_logits`' second dimension)."""
+        raise NotImplementedError
+
+    def distilled_logits(self, logits: Any, input_width: int) -> Any:
+        """The student's logits at its positions, (rows, positions, classes), from the model's
+        output for a batch `input_width` tokens wide. Token-level tasks: one per input token
+        (positions a method prepends, prompt tuning's virtual tokens, dropped)."""
+        return logits[:, -input_width:]
+
+    def teacher_targets(
+        self,
+        teacher: Teacher,
+        order: list[int] | None,
+        raw_train: Dataset,
+        train: Dataset,
+        data: DataSection,
+        batch_size: int,
+        top_k: int,
+    ) -> TeacherTargets:
+        """The teacher's logits at every row's distillation positions, in the student's label order
+        (`order`): the teacher reads `raw_train` with its own tokenizer where the task allows,
+        else the student's tokenised rows (`train`)."""
         raise NotImplementedError
 
 

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from llmkit.data.loading import LabelledSplits
+    from llmkit.distill.cache import TeacherTargets
+    from llmkit.distill.teacher import Teacher
     from llmkit.methods import MethodOptions
     from llmkit.metrics.per_class import PerClassReport
     from llmkit.models.traits import ModelTraits
@@ -102,10 +104,12 @@ class SequenceClassification(Task):
             use_last_real_token(model)
 
     # ---------------------------------------------------------------- data
-    def load_splits(self, data: DataSection, seed: int) -> LabelledSplits:
+    def load_splits(
+        self, data: DataSection, seed: int, teacher_labels: list[str] | None = None
+    ) -> LabelledSplits:
         from llmkit.data.loading import load_splits
 
-        return load_splits(data, seed)
+        return load_splits(data, seed, unlabelled_train_names=teacher_labels)
 
     def read_labelled_file(self, path: Path, data: DataSection, label_names: list[str]) -> Dataset:
         from llmkit.data.inputs import read_labelled_file
@@ -263,10 +267,51 @@ class SequenceClassification(Task):
     def describe_example(
         self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, label_names: list[str]
     ) -> list[str]:
+        label = (
+            f"label {label_names[row['labels']]!r}" if "labels" in row else "no label: the teacher labels it"
+        )
         return [
-            f"example (train row 1, label {label_names[row['labels']]!r}, {len(row['input_ids'])} tokens):",
+            f"example (train row 1, {label}, {len(row['input_ids'])} tokens):",
             f"  {tokenizer.decode(row['input_ids'])}",
         ]
+
+    # ---------------------------------------------------------------- distillation
+    def distillation_positions(self, row: dict[str, Any]) -> list[int]:
+        return [0]  # the example
+
+    def distilled_logits(self, logits: Any, input_width: int) -> Any:
+        return logits[:, None, :]
+
+    def teacher_targets(
+        self,
+        teacher: Teacher,
+        order: list[int] | None,
+        raw_train: Dataset,
+        train: Dataset,
+        data: DataSection,
+        batch_size: int,
+        top_k: int,
+    ) -> TeacherTargets:
+        """Per example: the teacher reads the text with its own tokenizer and length limit."""
+        import numpy as np
+
+        from llmkit.data.tokenize import tokenize_split
+        from llmkit.distill.cache import TeacherTargets
+        from llmkit.inference import predict_logits
+
+        texts = raw_train.select_columns(data.text_columns)
+        tokenised = tokenize_split(texts, teacher.tokenizer, data.text_columns, teacher.max_length, "teacher")
+        logits = predict_logits(
+            teacher.model,
+            teacher.tokenizer,
+            tokenised,
+            batch_size,
+            description="Teacher",
+            precision=teacher.precision,
+        )
+        logits = logits[:, order] if order is not None else logits
+        first = np.zeros(1, dtype=np.int32)
+        return TeacherTargets(positions=[first] * len(logits), logits=list(logits[:, None, :]))
 
 
 def predict_probabilities(

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
     from llmkit.data.loading import LabelledSplits
     from llmkit.data.tagged import TagColumns
+    from llmkit.distill.cache import TeacherTargets
+    from llmkit.distill.teacher import Teacher
     from llmkit.methods import MethodOptions
     from llmkit.recipe.schema import DataSection, EvalSection
 
@@ -160,7 +162,11 @@ class TokenClassification(Task):
         options = self.options
         return TagColumns(options.tokens_column, options.tags_column, options.conll_tag_column)
 
-    def load_splits(self, data: DataSection, seed: int) -> LabelledSplits:
+    def load_splits(
+        self, data: DataSection, seed: int, teacher_labels: list[str] | None = None
+    ) -> LabelledSplits:
+        """Tagged sentences in every split, also when a teacher trains alone (the tags of the
+        training sentences are read and checked, though only the teacher's distribution is learnt)."""
         from llmkit.data.tagged import load_tagged_splits
 
         return load_tagged_splits(data, self._columns(), self.options.scheme, seed)
@@ -361,6 +367,59 @@ class TokenClassification(Task):
             "not trained (special tokens, a word's later sub-tokens)",
             "  " + " ".join(shown),
         ]
+
+    # ---------------------------------------------------------------- distillation
+    def distillation_positions(self, row: dict[str, Any]) -> list[int]:
+        # Each word's first sub-token, in the window that owns the word.
+        return [position for position, word in enumerate(row["word_ids"]) if word >= 0]
+
+    def teacher_targets(
+        self,
+        teacher: Teacher,
+        order: list[int] | None,
+        raw_train: Dataset,
+        train: Dataset,
+        data: DataSection,
+        batch_size: int,
+        top_k: int,
+    ) -> TeacherTargets:
+        """Per word: the teacher tokenizes the sentences with its own tokenizer and windows, its
+        logits are read at each word's first sub-token and given to the student's first sub-token
+        of the same word. A word the teacher's tokenizer drops has no teacher value (NaN)."""
+        import numpy as np
+
+        from llmkit.distill.cache import TeacherTargets
+        from llmkit.inference import token_logits
+
+        own = self.tokenize(
+            raw_train,
+            teacher.tokenizer,
+            data.model_copy(update={"max_length": teacher.max_length}),
+            "input",
+            [],
+        )
+        logits = token_logits(
+            teacher.model,
+            teacher.tokenizer,
+            own,
+            batch_size,
+            description="Teacher",
+            precision=teacher.precision,
+        )
+        per_word: dict[tuple[int, int], np.ndarray] = {}
+        for row_logits, sentence, word_ids in zip(logits, own["sentence"], own["word_ids"], strict=True):
+            for position, word in enumerate(word_ids):
+                if word >= 0:
+                    values = row_logits[position]
+                    per_word[(sentence, word)] = values[order] if order is not None else values
+        width = len(order) if order is not None else logits[0].shape[-1]
+        missing = np.full(width, np.nan, dtype=np.float32)
+        positions, values = [], []
+        for sentence, word_ids in zip(train["sentence"], train["word_ids"], strict=True):
+            kept = [(p, w) for p, w in enumerate(word_ids) if w >= 0]
+            positions.append(np.array([p for p, _ in kept], dtype=np.int32))
+            values.append(np.array([per_word.get((sentence, w), missing) for _, w in kept], dtype=np.float32))
+        return TeacherTargets(positions=positions, logits=values)
 
 
 class TaggedCollator:

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase, TrainerControl, TrainerState
 
+    from llmkit.distill.loss import Distiller
+    from llmkit.distill.run import Distillation
     from llmkit.recipe.schema import Recipe
     from llmkit.tasks import Task
 
@@ -72,6 +74,7 @@ class LlmkitTrainer(Trainer):
     # Set for tasks with a token-level loss (Task.token_level_loss): the training set's mean
     # labelled tokens per micro-batch, the fixed divisor of each micro-batch's summed token loss.
     labelled_tokens_per_micro_batch: float | None = None
+    distiller: Distiller | None = None  # set when a teacher's cached logits come with the batches
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)
@@ -81,15 +84,16 @@ class LlmkitTrainer(Trainer):
             )
         return sampler
 
-    def compute_loss(
+    def _task_loss(
         self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        """Training a token-level loss: the micro-batch's summed token losses over the mean number
-        of labelled tokens a micro-batch has, so every token weighs the same in every batch, as
-        random batches weigh them on average. Trainer's per-batch mean (the model's own loss)
-        over-weighs the tokens of short batches, which length grouping makes common: on
-        CoNLL-2003 (MiniLM LoRA, whole training set, 2 epochs) it cost 1.7 points of entity F1
-        against random batches. Evaluation keeps the model's own loss."""
+        """The task's loss (compute_loss without a teacher). Training a token-level loss: the
+        micro-batch's summed token losses over the mean number of labelled tokens a micro-batch
+        has, so every token weighs the same in every batch, as random batches weigh them on
+        average. Trainer's per-batch mean (the model's own loss) over-weighs the tokens of short
+        batches, which length grouping makes common: on CoNLL-2003 (MiniLM LoRA, whole training
+        set, 2 epochs) it cost 1.7 points of entity F1 against random batches. Evaluation keeps
+        the model's own loss."""
         divisor = self.labelled_tokens_per_micro_batch
         if divisor is None or not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -128,6 +132,32 @@ class LlmkitTrainer(Trainer):
                 "train.max_grad_norm; check the data for empty or extreme inputs",
             )
         return loss
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        from llmkit.distill.cache import TEACHER_INDICES, TEACHER_LOGITS, TEACHER_MASK
+
+        if self.distiller is None or TEACHER_LOGITS not in inputs:  # no teacher, or evaluation
+            return self._task_loss(model, inputs, return_outputs, num_items_in_batch)
+        teacher = {
+            key: inputs.pop(key) for key in (TEACHER_LOGITS, TEACHER_INDICES, TEACHER_MASK) if key in inputs
+        }
+        if LABELS in inputs:  # the task's loss exactly as without a teacher
+            task_loss, outputs = self._task_loss(model, inputs, True, num_items_in_batch)
+        else:  # rows the teacher alone labels
+            task_loss, outputs = None, model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        # The distillation term is a mean over this micro-batch's positions, divided by the
+        # accumulation steps as the task loss is (by Trainer, or already when it does not).
+        divided_later = self._divides_loss_by_accumulation(num_items_in_batch)
+        accumulation = 1 if divided_later else self.current_gradient_accumulation_steps
+        loss = self.distiller.loss(task_loss, logits, inputs["input_ids"].shape[1], teacher, accumulation)
+        return (loss, outputs) if return_outputs else loss
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         final_root = Path(str(self.args.output_dir))
@@ -223,9 +253,15 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 
 def training_arguments(
-    recipe: Recipe, output_dir: Path, plan: BatchPlan, strategy: dict[str, Any] | None = None
+    recipe: Recipe,
+    output_dir: Path,
+    plan: BatchPlan,
+    strategy: dict[str, Any] | None = None,
+    keep_columns: bool = False,
 ) -> TrainingArguments:
-    """`strategy`: the arguments of train.distributed.strategy (llmkit.training.strategies)."""
+    """`strategy`: the arguments of train.distributed.strategy (llmkit.training.strategies);
+    `keep_columns`: hand every column of the training split to the collator (the teacher's cache
+    index), which then picks what the model takes."""
     train = recipe.train
     every = train.checkpoint_every
     precision = resolve_precision(train.precision)
@@ -269,6 +305,7 @@ def training_arguments(
         ddp_find_unused_parameters=get_method(recipe.method.name).options.may_leave_parameters_unused,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=not keep_columns,
         **(strategy or {}),
     )
 
@@ -284,13 +321,24 @@ def build_trainer(
     output_dir: Path,
     log_path: Path,
     plan: BatchPlan,
+    distillation: Distillation | None = None,
 ) -> LlmkitTrainer:
+    """`distillation`: the teacher's settings and cached logits (`cache_logits` has run), which
+    the collator adds to training batches and the loss learns from."""
+    from llmkit.distill.cache import DistillationCollator
+    from llmkit.distill.loss import Distiller
+
+    strategy = trainer_arguments(recipe.train.distributed, model)
+    collator = task.collator(tokenizer, recipe.method)
+    if distillation is not None:
+        assert distillation.logits is not None, "the teacher's logits are cached before training"
+        collator = DistillationCollator(collator, distillation.logits)
     trainer = LlmkitTrainer(
         model=model,
-        args=training_arguments(recipe, output_dir, plan, trainer_arguments(recipe.train.distributed, model)),
+        args=training_arguments(recipe, output_dir, plan, strategy, keep_columns=distillation is not None),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=task.collator(tokenizer, recipe.method),
+        data_collator=collator,
         compute_metrics=task.compute_metrics(recipe.eval, label_names),
         preprocess_logits_for_metrics=task.logits_for_metrics(),
         callbacks=[StepLog(log_path)],
@@ -303,6 +351,8 @@ def build_trainer(
         trainer.labelled_tokens_per_micro_batch = (
             max(labelled, 1) * plan.micro_batch_size / max(len(train_dataset), 1)
         )
+    if distillation is not None:
+        trainer.distiller = Distiller(distillation.options, task)
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(QuietProgress(task.metric_names(recipe.eval)))
