@@ -887,9 +887,10 @@ def test_shipped_bench_file_validates(path: Path) -> None:
             assert run.expect.min_accuracy is not None or run.expect.min_metrics, (
                 f"{run.label}: a shipped run states what it must reach"
             )
-    if any(run.kind == "peer" for run in plan.runs):
-        # Beside the checkout: ../shared/bench/peer_trainer.py.
-        assert plan.peer_script == (REPO.parent / "shared" / "bench" / "peer_trainer.py").resolve()
+    for run in (run for run in plan.runs if run.kind == "peer"):
+        # Beside the checkout: the task's script in ../shared/bench (peer_trainer.py, peer_ner.py,
+        # peer_sft.py), named by the bench's peer_script or the run's own script.
+        assert plan.script_of(run).parent == (REPO.parent / "shared" / "bench").resolve()
     if (REPO.parent / "shared" / "data").is_dir():
         from llmkit.bench.command import check_plan
 
