@@ -146,7 +146,7 @@ def small_bench(tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles
         (
             [{"name": "a", "recipe": "recipe.yaml", "kind": "trainer"}],
             {},
-            ["runs[0].kind: unknown run kind 'trainer'; choose llmkit or peer."],
+            ["runs[0].kind: unknown run kind 'trainer'; choose llmkit, peer or untuned."],
         ),
         (
             [{"name": "a", "recipe": "missing.yaml"}],
@@ -639,6 +639,229 @@ def test_a_failing_peer_script_is_a_failed_run(
     assert "exited with code 1" in (record.error or "") and "out of luck" in (record.error or "")
 
 
+# ------------------------------------------------------------------------- generation's peer, untuned runs
+
+FAKE_SFT_SPEED = 500.0
+# peer_sft.py's options (TRL's SFTTrainer), every one this fake takes, none required but --model:
+# a flag the bench passes that the real script lacks fails here as it would there.
+FAKE_SFT_PEER = f"""
+import argparse, json
+p = argparse.ArgumentParser()
+p.add_argument("--model", required=True)
+for flag in ("--train", "--test", "--input-col", "--output-col", "--template", "--limit", "--eval-limit",
+             "--epochs", "--bs", "--lr", "--method", "--max-len", "--max-new-tokens"):
+    p.add_argument(flag)
+p.add_argument("--packing", action="store_true"); p.add_argument("--bf16", action="store_true")
+a = p.parse_args()
+open("args.json", "w").write(json.dumps(vars(a)))
+print(json.dumps({{"method": a.method, "task": "generation", "packing": a.packing,
+    "train_samples": int(a.limit), "epochs": float(a.epochs), "train_s": 1.0,
+    "train_samples_per_s": {FAKE_SFT_SPEED}, "generate_s": 0.5, "eval_inputs": int(a.eval_limit),
+    "bleu": 12.5, "rougeL": 40.0, "stopped_at_eos": 3, "example": "x"}}))
+"""
+DESCRIBE = "Describe: {mr}\n"
+
+
+def _descriptions(count: int, seed: int) -> list[list[str]]:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        subject, mood = rng.choice(("movie", "plot", "show")), rng.choice(("great", "terrible"))
+        rows.append([f"subject[{subject}] mood[{mood}]", f"{rng.choice(('the', 'a'))} {subject} was {mood}"])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def generation_bench(
+    tmp_path_factory: pytest.TempPathFactory, gpt2_checkpoint: Path
+) -> tuple[Path, Path, Any]:
+    """A generation run on tiny GPT-2 with LoRA, its (fake) TRL peer and its untuned model."""
+    from helpers import write_csv
+
+    root = tmp_path_factory.mktemp("bench-generation")
+    train = write_csv(root / "train.csv", ["mr", "ref"], _descriptions(40, 1))
+    validation = write_csv(root / "validation.csv", ["mr", "ref"], _descriptions(16, 2))
+    (root / "fake_peer_sft.py").write_text(FAKE_SFT_PEER, encoding="utf-8")
+    recipe = {
+        "model": {"checkpoint": str(gpt2_checkpoint)},
+        "data": {
+            "train_file": str(train),
+            "validation_file": str(validation),
+            "max_length": 64,
+            "max_train_samples": 32,
+            "max_eval_samples": 4,
+        },
+        "task": {
+            "name": "generation",
+            "template": DESCRIBE,
+            "completion_column": "ref",
+            "generate": {"max_new_tokens": 8},
+        },
+        "method": {"name": "lora"},
+        "train": {"epochs": 2, "learning_rate": 2e-2, "batch_size": 8, "eval_batch_size": 8},
+    }
+    (root / "generation.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    bench = write_bench(
+        root / "bench.yaml",
+        {
+            "seeds": [1, 2],
+            "runs": [
+                {"name": "gen", "recipe": "generation.yaml", "expect": {"min_metrics": {"perplexity": 1}}},
+                {
+                    "name": "gen-peer",
+                    "kind": "peer",
+                    "like": "gen",
+                    "script": "fake_peer_sft.py",
+                    "seeds": [1],
+                },
+                {"name": "gen-untuned", "kind": "untuned", "like": "gen"},
+            ],
+        },
+    )
+    out = root / "out"
+    return bench, out, invoke("bench", bench, "--output-dir", out)
+
+
+def test_a_generation_peer_gets_the_recipe_as_peer_sft_arguments(
+    generation_bench: tuple[Path, Path, Any], gpt2_checkpoint: Path
+) -> None:
+    import sys
+
+    from llmkit.bench.loading import plan_bench
+    from llmkit.bench.peer import peer_command
+
+    bench, out, result = generation_bench
+    assert result.exit_code == 0, explain(result)
+    root = bench.parent
+    plan = plan_bench(bench, ["task.packing=true"])
+    peer = next(run for run in plan.runs if run.kind == "peer")
+    script = plan.script_of(peer)
+    assert script == root / "fake_peer_sft.py"
+    assert peer_command(script, peer.recipe, "MODEL") == [
+        sys.executable, str(script),
+        "--model", "MODEL",
+        "--train", str(root / "train.csv"),
+        "--test", str(root / "validation.csv"),
+        "--input-col", "mr",
+        "--output-col", "ref",
+        "--template", "Describe: {}\n",
+        "--eval-limit", "4",
+        "--max-new-tokens", "8",
+        "--packing",
+        "--limit", "32",
+        "--epochs", "2",
+        "--bs", "8",
+        "--lr", "0.02",
+        "--max-len", "64",
+        "--method", "lora",
+    ]  # fmt: skip
+    # What the script was given in the bench (no packing there), as it parsed it.
+    args = json.loads((out / "runs" / "gen-peer-seed1" / "args.json").read_text())
+    assert args == {
+        "model": str(gpt2_checkpoint),
+        "train": str(root / "train.csv"),
+        "test": str(root / "validation.csv"),
+        "input_col": "mr",
+        "output_col": "ref",
+        "template": "Describe: {}\n",
+        "limit": "32",
+        "eval_limit": "4",
+        "epochs": "2",
+        "bs": "8",
+        "lr": "0.02",
+        "method": "lora",
+        "max_len": "64",
+        "max_new_tokens": "8",
+        "packing": False,
+        "bf16": False,
+    }
+
+
+def test_the_peers_bleu_rouge_and_speed_land_in_the_same_table(
+    generation_bench: tuple[Path, Path, Any],
+) -> None:
+    _, out, result = generation_bench
+    assert result.exit_code == 0, explain(result)
+    summaries = {s["name"]: s for s in json.loads((out / "bench.json").read_text())["summary"]}
+    peer = summaries["gen-peer"]
+    assert peer["metrics"]["bleu"]["mean"] == 12.5
+    assert peer["metrics"]["rouge_l"]["mean"] == 0.4  # the script's percent, as llmkit's fraction
+    assert peer["metrics"]["stopped_at_eos"]["mean"] == 3
+    assert peer["metrics"]["hit_length_limit"]["mean"] == 1  # 4 inputs generated, 3 stopped
+    assert peer["samples_per_second"]["mean"] == FAKE_SFT_SPEED
+    gen = summaries["gen"]
+    assert gen["speed_ratio_vs_peer"] == pytest.approx(
+        gen["samples_per_second"]["mean"] / FAKE_SFT_SPEED, rel=1e-3
+    )
+    table = (out / "bench.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| run |"))
+    assert "val BLEU" in header and "val ROUGE-L" in header and "val exact match" in header
+    row = next(line for line in table.splitlines() if line.startswith("| gen-peer (peer script) |"))
+    assert "| 12.5000 |" in row and "| 0.4000 |" in row and f"| {FAKE_SFT_SPEED:.1f} |" in row
+
+
+def test_an_untuned_run_evaluates_the_model_as_loaded(generation_bench: tuple[Path, Path, Any]) -> None:
+    _, out, result = generation_bench
+    assert result.exit_code == 0, explain(result)
+    document = json.loads((out / "bench.json").read_text())
+    untuned = [r for r in document["runs"] if r["name"] == "gen-untuned"]
+    assert [(r["seed"], r["status"]) for r in untuned] == [(1, "completed")]  # once: nothing trains
+    summaries = {s["name"]: s for s in document["summary"]}
+    summary, trained = summaries["gen-untuned"], summaries["gen"]
+    assert summary["method"] == "untuned" and summary["trainable_parameters"] == 0
+    assert summary["total_parameters"] == trained["total_parameters"] - trained["trainable_parameters"]
+    assert summary["samples_per_second"]["mean"] is None
+    # The same validation prompts, scored with the same metrics, by the model before training.
+    assert summary["validation_rows"] == trained["validation_rows"]
+    assert set(summary["metrics"]) == set(trained["metrics"])
+    assert summary["metrics"]["perplexity"]["mean"] > trained["metrics"]["perplexity"]["mean"]
+    table = (out / "bench.md").read_text()
+    assert any(line.startswith("| gen-untuned (untuned) | ") for line in table.splitlines())
+    assert "[3/4] gen-untuned seed 1 (untuned model, evaluation only)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("method.name=prefix", "the task's peer script trains full or lora, not prefix"),
+        ("task.generate.num_beams=2", "the peer script generates greedily"),
+        ("task.train_on_prompt=true", "the peer script trains on the completion only"),
+        ("task.template=Describe: {mr} {ref}\n", "the peer script's template fills in one column"),
+    ],
+)
+def test_a_generation_recipe_the_peer_cannot_run_is_refused(
+    generation_bench: tuple[Path, Path, Any], override: str, problem: str
+) -> None:
+    from llmkit.bench.loading import plan_bench
+    from llmkit.bench.peer import peer_problems
+
+    bench, _, _ = generation_bench
+    peer = next(run for run in plan_bench(bench, [override]).runs if run.kind == "peer")
+    assert any(problem in found for found in peer_problems(peer.recipe)), peer_problems(peer.recipe)
+
+
+def test_min_metrics_must_name_metrics_of_the_task(small_bench: Callable[..., Path]) -> None:
+    bench = small_bench([{"name": "a", "recipe": "recipe.yaml", "expect": {"min_metrics": {"bleu": 20}}}])
+    result = invoke("bench", bench, "--dry-run")
+    assert result.exit_code == USER_ERROR, explain(result)
+    assert "run a: expect.min_metrics: 'bleu' is not a metric of the run's task (it reports: accuracy" in (
+        result.stderr
+    )
+
+
+def test_an_untuned_run_must_be_like_an_llmkit_run(small_bench: Callable[..., Path]) -> None:
+    runs = [
+        {"name": "a", "recipe": "recipe.yaml"},
+        {"name": "p", "kind": "peer", "like": "a"},
+        {"kind": "untuned", "like": "p"},
+    ]
+    result = invoke("bench", small_bench(runs), "--dry-run")
+    assert result.exit_code == USER_ERROR, explain(result)
+    assert "p-untuned: like: 'p' is a peer run; name the llmkit run it mirrors" in result.stderr
+
+
 # ----------------------------------------------------------------------------- shipped bench files
 
 
@@ -661,12 +884,13 @@ def test_shipped_bench_file_validates(path: Path) -> None:
     assert text.startswith("#") and f"llmkit bench {path.relative_to(REPO).as_posix()}" in header
     for run in plan.bench.runs:
         if run.kind == "llmkit":
-            assert run.expect.min_accuracy is not None, (
+            assert run.expect.min_accuracy is not None or run.expect.min_metrics, (
                 f"{run.label}: a shipped run states what it must reach"
             )
-    if any(run.kind == "peer" for run in plan.runs):
-        # Beside the checkout: ../shared/bench/ (peer_trainer.py, or the task's peer script).
-        assert plan.peer_script.parent == (REPO.parent / "shared" / "bench").resolve()
+    for run in (run for run in plan.runs if run.kind == "peer"):
+        # Beside the checkout: the task's script in ../shared/bench (peer_trainer.py, peer_ner.py,
+        # peer_sft.py), named by the bench's peer_script or the run's own script.
+        assert plan.script_of(run).parent == (REPO.parent / "shared" / "bench").resolve()
     if (REPO.parent / "shared" / "data").is_dir():
         from llmkit.bench.command import check_plan
 

@@ -375,3 +375,46 @@ def test_packing_trains_through_the_cli_and_refuses_virtual_tokens(
     )
     assert refused.exit_code != 0
     assert "task.packing cannot be used with a method that adds virtual tokens" in refused.stderr
+
+
+def test_logits_of_the_completions_only_give_the_same_loss_and_gradients(gpt2_checkpoint: Path) -> None:
+    import torch
+    from datasets import Dataset
+
+    from llmkit.methods import get_method
+    from llmkit.models.loading import load_classifier
+    from llmkit.recipe.schema import DataSection
+    from llmkit.tasks import task_for
+    from llmkit.tasks.generation import GenerationOptions
+
+    rows = _rows(6, 12)
+    # Prompts of different lengths: the batch keeps logits from before its shortest prompt's end.
+    dataset = Dataset.from_dict(
+        {"mr": [r[0] + " x" * i for i, r in enumerate(rows)], "ref": [r[1] for r in rows]}
+    )
+    data = DataSection(train_file=Path("unused.csv"), max_length=100)
+    task = task_for(GenerationOptions(template=TEMPLATE, completion_column="ref"))
+    loaded = load_classifier(str(gpt2_checkpoint), [], task=task)
+    lora = get_method("lora").options()
+    model, tokenizer = loaded.model.train(False), loaded.tokenizer
+    examples = list(task.tokenize(dataset, tokenizer, data, "train"))
+    whole = task.collator(tokenizer)(examples)  # no method given: every position's logits
+    trimmed = task.collator(tokenizer, lora)(examples)
+    shortest_prompt = min(row["prompt_length"] for row in examples)
+    width = whole["input_ids"].shape[1]
+    assert trimmed["logits_to_keep"] == width - shortest_prompt + 1 < width
+    assert trimmed["labels"].shape[1] == trimmed["logits_to_keep"]
+    assert (trimmed["labels"] != -100).sum() == (whole["labels"] != -100).sum()  # no trained label cut
+    losses, gradients = [], []
+    for batch in (whole, trimmed):
+        model.zero_grad()
+        output = model(**batch)
+        output.loss.backward()
+        losses.append(output.loss.item())
+        gradients.append(model.get_input_embeddings().weight.grad.clone())
+    assert output.logits.shape[1] == trimmed["logits_to_keep"]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    assert torch.allclose(gradients[1], gradients[0], atol=1e-6)
+    # Methods whose logits do not line up with the batch's positions keep every logit.
+    prompt = get_method("prompt").options()
+    assert "logits_to_keep" not in task.collator(tokenizer, prompt)(examples)

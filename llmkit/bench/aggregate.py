@@ -117,7 +117,8 @@ def _summary(name: str, kind: str, plan: BenchPlan, records: list[RunRecord]) ->
         name=name,
         kind=kind,
         model=planned.recipe.model.checkpoint,
-        method=planned.recipe.method.name,
+        # What the run reports it trained (an untuned run: none) over what its recipe names.
+        method=(first.figure("method", "name") if first else None) or planned.recipe.method.name,
         seeds=[record.seed for record in done],
         failed_seeds=[record.seed for record in mine if record.status != "completed"],
         train_rows=first.figure("data", "train_rows") if first else None,

@@ -46,6 +46,10 @@ def check_expectations(
             for metric, label, floor in (
                 ("accuracy", f"validation {labels.get('accuracy', 'accuracy')}", expect.min_accuracy),
                 ("f1", f"validation {labels.get('f1', 'F1')}", expect.min_f1),
+                *(
+                    (metric, f"validation {labels.get(metric, metric)}", least)
+                    for metric, least in expect.min_metrics.items()
+                ),
             ):
                 value = record.figure("metrics", "validation", metric)
                 if floor is not None and (value is None or value < floor):

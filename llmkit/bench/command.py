@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,6 +80,7 @@ def check_plan(plan: BenchPlan) -> None:
                     "peer_script: in the bench file, relative to it)"
                 )
             problems += [f"run {run.name}: {problem}" for problem in peer_problems(run.recipe)]
+        problems += [f"run {run.name}: {problem}" for problem in _metric_problems(plan, run)]
         if run.measure_inference and data.validation_file is None:
             problems.append(
                 f"run {run.name}: measure_inference predicts the rows of data.validation_file; the "
@@ -86,6 +88,19 @@ def check_plan(plan: BenchPlan) -> None:
             )
     if problems:
         raise LlmkitError(f"{plan.path}: the bench cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _metric_problems(plan: BenchPlan, run: PlannedRun) -> list[str]:
+    """expect.min_metrics names that the run's task does not report."""
+    from llmkit.tasks import task_for
+
+    reported = task_for(run.recipe.task).metric_names(run.recipe.eval)
+    expect = plan.bench.run(run.name).expect
+    named = {m for e in (expect, *(expect.by_precision or {}).values()) for m in e.min_metrics}
+    return [
+        f"expect.min_metrics: '{name}' is not a metric of the run's task (it reports: {', '.join(reported)})"
+        for name in sorted(named - set(reported))
+    ]
 
 
 def _data_problem(run: PlannedRun) -> str | None:
@@ -142,10 +157,10 @@ def describe_plan(plan: BenchPlan) -> str:
         ]
     peers = [run for run in _first_of_each(plan) if run.kind == "peer"]
     if peers:
-        lines += ["", f"peer runs ({plan.peer_script}):"]
+        lines += ["", "peer runs:"]
         for run in peers:
             command = peer_command(plan.script_of(run), run.recipe, _model_shown(run))
-            lines.append(f"  {run.name}: {' '.join(command[1:])}")
+            lines.append(f"  {run.name}: {shlex.join(command[1:])}")
             lines += [f"    note: {note}" for note in peer_notes(run.recipe)]
     return "\n".join(lines)
 
@@ -247,6 +262,7 @@ def _expectations(plan: BenchPlan, name: str) -> str:
         parts.append(f"validation {task.metric_label('accuracy')} >= {expect.min_accuracy:g}")
     if expect.min_f1 is not None:
         parts.append(f"validation {task.metric_label('f1')} >= {expect.min_f1:g}")
+    parts += [f"validation {task.metric_label(m)} >= {least:g}" for m, least in expect.min_metrics.items()]
     if expect.min_speed_ratio is not None:
         reference = expect.speed_reference or plan.bench.peers_of(name)[0].label
         parts.append(f"train samples/s >= {expect.min_speed_ratio:g}x {reference}'s")

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from llmkit.bench.schema import Bench, Expectations, LlmkitRun, PeerRun, Tolerances
+from llmkit.bench.schema import Bench, DerivedRun, Expectations, LlmkitRun, PeerRun, Tolerances, UntunedRun
 from llmkit.errors import LlmkitError
 from llmkit.recipe.loading import (
     CHECKPOINT_KEY,
@@ -33,7 +33,7 @@ from llmkit.recipe.loading import (
 )
 from llmkit.recipe.schema import Recipe
 
-RECIPE_SECTIONS = ("model", "data", "method", "train", "eval")
+RECIPE_SECTIONS = ("model", "data", "task", "method", "train", "eval")
 PATH_KEYS = (*INPUT_PATH_KEYS, CHECKPOINT_KEY)  # relative to the bench file
 RUNS_DIR = "runs"
 
@@ -54,11 +54,11 @@ class PlannedRun:
 
     index: int  # 1-based position in the order runs are made
     name: str
-    kind: str  # "llmkit" or "peer"
+    kind: str  # "llmkit", "peer" or "untuned"
     seed: int
     recipe: Recipe  # output_dir is the run's own directory
     recipe_file: Path
-    like: str | None = None  # a peer run: the llmkit run whose recipe it was given
+    like: str | None = None  # a peer or untuned run: the llmkit run whose recipe it was given
     measure_inference: bool = False  # prediction speed against a pipeline, after training
     script: Path | None = None  # a peer run's own script (its `script:`), else the bench's
 
@@ -141,18 +141,21 @@ def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path 
     planned: list[PlannedRun] = []
     for position in range(max(len(run_seeds) for run_seeds in seeds.values())):
         for run in bench.runs:
-            source = bench.run(run.like) if isinstance(run, PeerRun) else run  # peers get its recipe
+            # Peer and untuned runs are given the recipe of the run they are like.
+            source = bench.run(run.like) if isinstance(run, DerivedRun) else run
             assert isinstance(source, LlmkitRun)
             if position >= len(seeds[source.label]):
                 continue
             seed = seeds[source.label][position]
             if isinstance(run, PeerRun) and run.seeds is not None and seed not in run.seeds:
                 continue
+            if isinstance(run, UntunedRun) and position > 0:
+                continue  # nothing is trained: the seeds would repeat one evaluation
             run_dir = output_dir / RUNS_DIR / f"{run.label}-seed{seed}"
             index = bench.runs.index(source)
             used = used_dirs(source, seed)
             recipe = _resolve(path, lines, bench, index, source, seed, recipe_overrides, run_dir, used)
-            like = run.like if isinstance(run, PeerRun) else None
+            like = run.like if isinstance(run, DerivedRun) else None
             # Once per run: prediction speed does not depend on the training seed.
             inference = isinstance(run, LlmkitRun) and run.measure_inference and position == 0
             number = len(planned) + 1
@@ -215,7 +218,7 @@ def _describe(
     error: Any, tree: dict[str, Any], source: str, lines: dict[KeyPath, int], cli_keys: set[KeyPath]
 ) -> list[str]:
     loc = tuple(str(part) for part in error["loc"])
-    if len(loc) >= 3 and loc[0] == "runs" and loc[2] in ("llmkit", "peer"):
+    if len(loc) >= 3 and loc[0] == "runs" and loc[2] in ("llmkit", "peer", "untuned"):
         loc = loc[:2] + loc[3:]  # pydantic puts the union tag in the path: runs.0.peer.like
     kind = error["type"]
     if kind == "union_tag_invalid":
@@ -227,7 +230,9 @@ def _describe(
     if kind == "missing":
         return [f"{where}{key}: required, but missing."]
     if kind == "union_tag_invalid":
-        return [f"{where}{key}: unknown run kind {error['input'].get('kind')!r}; choose llmkit or peer."]
+        return [
+            f"{where}{key}: unknown run kind {error['input'].get('kind')!r}; choose llmkit, peer or untuned."
+        ]
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind not in ("value_error", "assertion_error") and not isinstance(error["input"], dict | list):
         message += f" (got {error['input']!r})"
@@ -261,7 +266,7 @@ def _suggest(loc: KeyPath, tree: dict[str, Any]) -> str:
     close = difflib.get_close_matches(unknown, fields, n=1, cutoff=0.6)
     if close:
         return f"Did you mean '{close[0]}'?"
-    if model in (LlmkitRun, PeerRun) and unknown in Expectations.model_fields:
+    if model in (LlmkitRun, PeerRun, UntunedRun) and unknown in Expectations.model_fields:
         return f"Expectations go under expect: (expect.{unknown})."
     if model is LlmkitRun and unknown in RECIPE_SECTIONS:
         return f"Recipe settings go under overrides:, e.g. overrides: {{{unknown}.KEY: VALUE}}."
@@ -278,7 +283,9 @@ def _model_at(parent: KeyPath, tree: dict[str, Any]) -> type[BaseModel] | None:
     if len(parent) >= 2 and parent[0] == "runs" and parent[1].isdigit():
         runs = tree.get("runs")
         run = runs[int(parent[1])] if isinstance(runs, list) and int(parent[1]) < len(runs) else {}
-        run_model = PeerRun if isinstance(run, dict) and run.get("kind") == "peer" else LlmkitRun
+        kind = run.get("kind") if isinstance(run, dict) else None
+        run_models: dict[str, type[BaseModel]] = {"peer": PeerRun, "untuned": UntunedRun}
+        run_model = run_models.get(str(kind), LlmkitRun)
         if len(parent) == 2:
             return run_model
         if parent[2:] == ("expect",):

@@ -1,10 +1,14 @@
-"""The peer baseline: the hand-written Trainer+PEFT script (`shared/bench/peer_trainer.py`) run as
-a subprocess, given the settings of an llmkit run's resolved recipe (model, data files, rows,
-epochs, batch size, learning rate, max length, method), so both train the same model on the same
-rows and their speeds can be compared within one bench.
+"""The peer baseline: the task's hand-written script (`shared/bench/peer_trainer.py` for sequence
+classification, `peer_ner.py` for tokens, `peer_sft.py`, TRL's SFTTrainer, for generation) run as a
+subprocess, given the settings of an llmkit run's resolved recipe (model, data files, rows, epochs,
+batch size, learning rate, max length, method, and what the task adds: columns, template, packing,
+generation settings), so both train the same model on the same rows and their speeds can be
+compared within one bench.
 
 The script prints one JSON line; it is turned into the shape of llmkit's results.json (the figures
-it has), so peer runs aggregate, tabulate and plot like llmkit runs."""
+it has, under the task's metric names), so peer runs aggregate, tabulate and plot like llmkit runs.
+Which arguments a task's script takes and how its figures read back is the task's to say
+(`Task.peer_arguments`, `Task.peer_metrics`)."""
 
 from __future__ import annotations
 
@@ -42,9 +46,14 @@ def peer_problems(recipe: Recipe) -> list[str]:
     from llmkit.tasks import task_for
 
     data, problems = recipe.data, []
+    task = task_for(recipe.task)
     if data.train_file is None or data.validation_file is None:
         problems.append("the peer script reads local train and validation files; the recipe names none")
-    problems += task_for(recipe.task).peer_problems(data)
+    if recipe.method.name not in task.peer_methods:
+        problems.append(
+            f"the task's peer script trains {' or '.join(task.peer_methods)}, not {recipe.method.name}"
+        )
+    problems += task.peer_problems(recipe)
     if recipe.train.max_steps is not None:
         problems.append("the peer script trains whole epochs; the recipe sets train.max_steps")
     return problems
@@ -52,6 +61,8 @@ def peer_problems(recipe: Recipe) -> list[str]:
 
 def peer_notes(recipe: Recipe) -> list[str]:
     """Differences between what the script trains and the recipe, which do not change its speed."""
+    from llmkit.tasks import task_for
+
     notes = []
     options = recipe.method.model_dump()
     differing = [
@@ -61,8 +72,7 @@ def peer_notes(recipe: Recipe) -> list[str]:
     ]
     if differing:
         notes.append(f"the script's {recipe.method.name} options differ: {', '.join(differing)}")
-    if recipe.data.max_eval_samples is not None:
-        notes.append("the script evaluates every validation row (data.max_eval_samples is not passed)")
+    notes += task_for(recipe.task).peer_notes(recipe)
     from llmkit.training.precision import resolve_precision
 
     precision = resolve_precision(recipe.train.precision)
@@ -72,6 +82,7 @@ def peer_notes(recipe: Recipe) -> list[str]:
 
 
 def peer_command(script: Path, recipe: Recipe, model: str) -> list[str]:
+    """The script's command line: the training settings every peer script takes, then the task's."""
     from llmkit.tasks import task_for
 
     data, train = recipe.data, recipe.train
@@ -80,8 +91,7 @@ def peer_command(script: Path, recipe: Recipe, model: str) -> list[str]:
         str(script),
         "--model", model,
         "--train", str(data.train_file),
-        "--dev", str(data.validation_file),
-        *task_for(recipe.task).peer_arguments(data),
+        *task_for(recipe.task).peer_arguments(recipe),
         "--limit", str(data.max_train_samples or 0),  # 0: every row
         "--epochs", f"{train.epochs:g}",
         "--bs", str(train.batch_size),
@@ -166,14 +176,13 @@ def _as_results(recipe: Recipe, reported: dict[str, Any], peak_kb: int) -> dict[
     from llmkit.tasks import task_for
 
     samples = round(reported["train_samples"] * reported["epochs"])
-    names = task_for(recipe.task).metric_names(recipe.eval)
     return {
         "status": "completed",
         "model": {"checkpoint": recipe.model.checkpoint},
         "method": {"name": reported.get("method", recipe.method.name)},
         "data": {"train_rows": reported["train_samples"]},
         # The figures the script reports under the names of the task's metrics.
-        "metrics": {"validation": {name: reported[name] for name in names if name in reported}},
+        "metrics": {"validation": task_for(recipe.task).peer_metrics(reported, recipe.eval)},
         "train": {
             "epochs": reported["epochs"],
             "samples": samples,

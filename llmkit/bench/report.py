@@ -92,7 +92,7 @@ def summary_table(summaries: list[RunSummary]) -> str:
     missing = Stat(None, None)
     rows = [
         [
-            f"{s.name} (peer script)" if s.kind == "peer" else s.name,
+            {"peer": f"{s.name} (peer script)", "untuned": f"{s.name} (untuned)"}.get(s.kind, s.name),
             short_model(s.model),
             s.method,
             f"{s.train_rows} x {s.epochs:g}" if s.train_rows is not None and s.epochs is not None else "-",
@@ -139,9 +139,12 @@ def write_markdown(
         f"Validation {metrics_named} on {' / '.join(map(str, validation)) or '?'} validation rows, "
         "mean ± standard deviation over seeds (± only with two or more). Train samples/s and "
         "tokens/s (real tokens, padding excluded) count training time only, evaluation excluded. "
-        "**x peer**: train samples/s over those of the run's peer: the hand-written Trainer + PEFT "
-        "script (`peer_trainer.py`) given the same model, data rows, epochs, batch size, learning "
-        "rate and max length, measured in this bench on the same machine. **MFU**: model FLOP/s "
+        "**x peer**: train samples/s over those of the run's peer: the task's hand-written script "
+        "(Trainer + PEFT `peer_trainer.py`, `peer_ner.py`; TRL SFTTrainer `peer_sft.py` for "
+        "generation) given the same model, data rows, epochs, batch size, learning rate and max "
+        "length (and the task's settings: columns, template, packing, generation length), measured "
+        "in this bench on the same machine. **untuned** runs: the model evaluated as loaded, "
+        "before any training. **MFU**: model FLOP/s "
         "(the least arithmetic training needs: per real token 6 FLOPs per weight for full "
         "fine-tuning, 4 for LoRA/prefix/prompt, whose gradients still cross the frozen backbone, "
         "plus attention; see llmkit/training/flops.py; the peer's: the same FLOPs per sample at its "

@@ -1,6 +1,7 @@
 """Making the runs of a bench: each llmkit run through `llmkit.pipeline.finetune` in this process
 (the code path of `llmkit finetune`, into its own run directory), each peer run through the
-peer script, one after another, with a progress line per run and for the bench as a whole."""
+peer script, each untuned run as an evaluation of the untrained model, one after another, with a
+progress line per run and for the bench as a whole."""
 
 from __future__ import annotations
 
@@ -50,7 +51,9 @@ def execute(plan: BenchPlan, echo: Echo, done: Callable[[list[RunRecord]], None]
         elapsed = time.perf_counter() - started
         left = elapsed / (planned.index - 1) * (total - planned.index + 1) if records else None
         timing = f"bench {_clock(elapsed)} elapsed" + (f", about {_clock(left)} left" if left else "")
-        script = " (peer script)" if planned.kind == "peer" else ""
+        script = {"peer": " (peer script)", "untuned": " (untuned model, evaluation only)"}.get(
+            planned.kind, ""
+        )
         echo(f"{_prefix(planned, total)}{script}  ({timing})")
         record = run_one(planned, plan.script_of(planned))
         records.append(record)
@@ -64,7 +67,12 @@ def run_one(planned: PlannedRun, peer_script: Path) -> RunRecord:
     run_dir = Path(planned.recipe.output_dir or ".")
     start = time.perf_counter()
     try:
-        results = _run_peer(planned, peer_script) if planned.kind == "peer" else _run_llmkit(planned)
+        if planned.kind == "peer":
+            results = _run_peer(planned, peer_script)
+        elif planned.kind == "untuned":
+            results = _run_untuned(planned)
+        else:
+            results = _run_llmkit(planned)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
         return _record(planned, run_dir, "failed", start, error=reason)
@@ -103,6 +111,13 @@ def _run_peer(planned: PlannedRun, peer_script: Path) -> dict[str, Any]:
     from llmkit.bench.peer import run_peer
 
     return run_peer(peer_script, planned.recipe, Path(planned.recipe.output_dir or "."))
+
+
+def _run_untuned(planned: PlannedRun) -> dict[str, Any]:
+    from llmkit.bench.untuned import evaluate_untuned
+
+    reset_peak_memory()
+    return evaluate_untuned(planned.recipe, Path(planned.recipe.output_dir or "."))
 
 
 def reset_peak_memory() -> bool:

@@ -51,6 +51,11 @@ class Expectations(Section):
         le=1,
         description="Every seed's validation F1 (entity F1 for token classification) is at least this.",
     )
+    min_metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="Every seed's validation figures by the task's metric names are at least these, "
+        "e.g. {bleu: 20, rouge_l: 0.4} for generation (BLEU 0-100, ROUGE-L and exact match 0-1).",
+    )
     min_speed_ratio: PositiveFloat | None = Field(
         None,
         description="Mean train samples/s divided by the speed_reference run's is at least this.",
@@ -96,8 +101,8 @@ class Expectations(Section):
 
     def sets(self, key: str) -> bool:
         """Whether `key` is expected here or for any precision."""
-        return getattr(self, key) is not None or any(
-            getattr(e, key) is not None for e in (self.by_precision or {}).values()
+        return getattr(self, key) not in (None, {}) or any(
+            getattr(e, key) not in (None, {}) for e in (self.by_precision or {}).values()
         )
 
 
@@ -171,10 +176,28 @@ class PeerRun(RunBase):
         return self.name or f"{self.like}-peer"
 
 
+class UntunedRun(RunBase):
+    kind: Literal["untuned"] = Field(
+        description="The like run's model evaluated without training: the floor training must rise above."
+    )
+    like: str = Field(
+        description="The llmkit run whose resolved recipe (model, data, evaluation settings) is "
+        "evaluated as loaded, before any method or training; it runs once, at that run's first seed "
+        "(a classification head, initialised from it, scores about chance)."
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.like}-untuned"
+
+
+# Runs made from another run's recipe (`like:`).
+DerivedRun = PeerRun | UntunedRun
+
 if TYPE_CHECKING:
-    BenchRun = LlmkitRun | PeerRun
+    BenchRun = LlmkitRun | PeerRun | UntunedRun
 else:
-    BenchRun = Annotated[Union[LlmkitRun, PeerRun], Field(discriminator="kind")]  # noqa: UP007
+    BenchRun = Annotated[Union[LlmkitRun, PeerRun, UntunedRun], Field(discriminator="kind")]  # noqa: UP007
 
 
 class Tolerances(Section):
@@ -227,7 +250,7 @@ class Bench(Section):
         kinds: dict[str, str] = {run.label: run.kind for run in self.runs}
         problems = []
         for run in self.runs:
-            if isinstance(run, PeerRun) and kinds.get(run.like) != "llmkit":
+            if isinstance(run, DerivedRun) and kinds.get(run.like) != "llmkit":
                 problems.append(f"{run.label}: like: '{run.like}' {_not_an_llmkit_run(run.like, kinds)}")
             reference = run.expect.speed_reference
             if reference is not None and (reference not in kinds or reference == run.label):
@@ -267,12 +290,13 @@ class Bench(Section):
     def peers_of(self, name: str) -> list[PeerRun]:
         return [run for run in self.runs if isinstance(run, PeerRun) and run.like == name]
 
-    def run(self, name: str) -> LlmkitRun | PeerRun:
+    def run(self, name: str) -> BenchRun:
         return next(run for run in self.runs if run.label == name)
 
 
 def _not_an_llmkit_run(name: str, kinds: dict[str, str]) -> str:
-    if kinds.get(name) == "peer":
-        return "is a peer run; name the llmkit run it mirrors"
+    derived = {"peer": "a peer run", "untuned": "an untuned run"}
+    if kinds.get(name) in derived:
+        return f"is {derived[kinds[name]]}; name the llmkit run it mirrors"
     llmkit_runs = [run for run, kind in kinds.items() if kind == "llmkit"]
     return f"is not a run of this bench (llmkit runs: {', '.join(llmkit_runs)})"

@@ -250,8 +250,18 @@ class GenerationTask(Task):
         from llmkit.generation.data import pad_batch
 
         # Labels are built per example (prompt masked, EOS kept); PEFT's causal-LM wrapper adds -100
-        # for prompt-tuning's virtual tokens itself (tested).
-        return partial(pad_batch, pad_token_id=tokenizer.pad_token_id)
+        # for prompt-tuning's virtual tokens itself (tested). Logits are computed for the
+        # completions only where every prompt position is without loss and the model's logits line
+        # up with the batch's positions (no virtual tokens; packed rows hold prompts throughout).
+        completion_logits_only = (
+            not self.options.train_on_prompt
+            and not self.options.packing
+            and method is not None
+            and not method.virtual_tokens
+        )
+        return partial(
+            pad_batch, pad_token_id=tokenizer.pad_token_id, completion_logits_only=completion_logits_only
+        )
 
     # ---------------------------------------------------------------- metrics
     def metric_names(self, evaluation: EvalSection) -> tuple[str, ...]:
@@ -393,6 +403,97 @@ class GenerationTask(Task):
         # `predict` asks this before reading anything: the place to point at `generate`.
         raise use_generate_instead()
 
+    # ---------------------------------------------------------------- the bench's peer
+    # shared/bench/peer_sft.py: TRL's SFTTrainer on prompt/completion pairs from a CSV (one input
+    # column through a `{}` template), then greedy generation once per distinct input of --test,
+    # scored with multi-reference BLEU and ROUGE-L.
+    def peer_arguments(self, recipe: Recipe) -> list[str]:
+        options, data = self.options, recipe.data
+        assert data.validation_file is not None  # peer_problems says when it is missing
+        input_column, template = self._peer_template()
+        # The script generates for its first --eval-limit inputs (100 when not given), as
+        # data.max_eval_samples keeps the first distinct prompts.
+        inputs = data.max_eval_samples or _distinct_values(data.validation_file, input_column)
+        return [
+            "--test", str(data.validation_file),
+            "--input-col", input_column,
+            "--output-col", options.completion_column,
+            "--template", template,
+            "--eval-limit", str(inputs),
+            "--max-new-tokens", str(options.generate.max_new_tokens),
+            *(["--packing"] if options.packing else []),
+        ]  # fmt: skip
+
+    def _peer_template(self) -> tuple[str, str]:
+        """The script's --input-col and --template (its one field written `{}`)."""
+        import string
+
+        if self.options.template is None:
+            return self.options.prompt_column, "{}"
+        written, column = [], ""
+        for literal, field_name, spec, conversion in string.Formatter().parse(self.options.template):
+            written.append(literal.replace("{", "{{").replace("}", "}}"))
+            if field_name is not None:
+                column = field_name
+                written.append(
+                    "{" + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                )
+        return column, "".join(written)
+
+    def peer_problems(self, recipe: Recipe) -> list[str]:
+        from llmkit.generation.data import template_fields
+
+        options, data, problems = self.options, recipe.data, []
+        if options.messages_column is not None:
+            problems.append("the peer script builds prompts from a column and a template, not chat messages")
+        elif options.template is not None and len(template_fields(options.template)) != 1:
+            problems.append(
+                "the peer script's template fills in one column; task.template names "
+                f"{', '.join(template_fields(options.template))}"
+            )
+        if data.label_names is not None:
+            problems.append(
+                "the peer script trains on the completion column as written; data.label_names turns it "
+                "into label words"
+            )
+        if options.train_on_prompt:
+            problems.append("the peer script trains on the completion only (task.train_on_prompt)")
+        if options.generate.num_beams != 1 or options.generate.do_sample:
+            problems.append("the peer script generates greedily (task.generate.num_beams 1, do_sample false)")
+        if not {"bleu", "rouge_l"} & set(options.metrics):
+            problems.append("the peer script reports BLEU and ROUGE-L only; task.metrics names neither")
+        problems += [
+            f"the peer script reads comma-separated files; '{path}' is not one"
+            for path in (data.train_file, data.validation_file)
+            if path is not None and data.field_delimiter(path) != ","
+        ]
+        return problems
+
+    def peer_notes(self, recipe: Recipe) -> list[str]:
+        notes = [
+            "the script puts a space before each completion, and reports neither validation loss nor "
+            "perplexity"
+        ]
+        if "exact_match" in self.options.metrics:
+            notes.append("the script does not report exact match")
+        return notes
+
+    def peer_metrics(self, reported: dict[str, Any], evaluation: EvalSection) -> dict[str, float]:
+        figures: dict[str, float | None] = {
+            "bleu": reported.get("bleu"),
+            # The script reports ROUGE-L F in percent; llmkit's is a fraction.
+            "rouge_l": reported["rougeL"] / 100 if "rougeL" in reported else None,
+            "stopped_at_eos": reported.get("stopped_at_eos"),
+            "hit_length_limit": (
+                reported["eval_inputs"] - reported["stopped_at_eos"]
+                if "eval_inputs" in reported and "stopped_at_eos" in reported
+                else None
+            ),
+        }
+        return {
+            name: value for name in self.metric_names(evaluation) if (value := figures.get(name)) is not None
+        }
+
     def describe_example(
         self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, label_names: list[str]
     ) -> list[str]:
@@ -469,6 +570,14 @@ def use_generate_instead() -> LlmkitError:
         "This is a generation run: it writes text, not labels, so `llmkit predict` does not apply.",
         hint="use `llmkit generate RUN --input FILE|-` (one JSON line per prompt)",
     )
+
+
+def _distinct_values(path: Path, column: str) -> int:
+    """How many distinct values `column` of the CSV file has (how many inputs generate)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as handle:
+        return len({row.get(column) for row in csv.DictReader(handle)})
 
 
 def perplexity_metrics(loss_sum: float, tokens: float) -> dict[str, float]:

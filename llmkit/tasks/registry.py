@@ -212,13 +212,34 @@ class Task:
         """One `predict` record as the values of `csv_columns`."""
         raise NotImplementedError
 
-    def peer_arguments(self, data: DataSection) -> list[str]:
-        """The data arguments of the bench's hand-written peer script for this task."""
+    # ---------------------------------------------------------------- the bench's peer
+    # The bench sets each task's hand-written peer script (shared/bench/peer_*.py) beside llmkit.
+    # Every script takes --model, --train, --limit, --epochs, --bs, --lr, --max-len and --method
+    # (llmkit/bench/peer.py passes those); the rest of its command line, and what its JSON line
+    # reports, is the task's to say.
+
+    # Methods the task's peer script trains.
+    peer_methods: ClassVar[tuple[str, ...]] = ("full", "lora")
+
+    def peer_arguments(self, recipe: Recipe) -> list[str]:
+        """The peer script's task arguments: where it reads its evaluation rows, which columns,
+        and how it evaluates, from the recipe."""
+        assert recipe.data.validation_file is not None  # peer_problems says when it is missing
+        return ["--dev", str(recipe.data.validation_file)]
+
+    def peer_problems(self, recipe: Recipe) -> list[str]:
+        """Why the task's peer script cannot do what the recipe describes (empty when it can)."""
         return []
 
-    def peer_problems(self, data: DataSection) -> list[str]:
-        """Why the task's peer script cannot read the recipe's data files (empty when it can)."""
+    def peer_notes(self, recipe: Recipe) -> list[str]:
+        """Differences between the peer script's run and the recipe that do not change its speed."""
+        if recipe.data.max_eval_samples is not None:
+            return ["the script evaluates every validation row (data.max_eval_samples is not passed)"]
         return []
+
+    def peer_metrics(self, reported: dict[str, Any], evaluation: EvalSection) -> dict[str, float]:
+        """The validation figures of the peer script's JSON line under the task's metric names."""
+        return {name: reported[name] for name in self.metric_names(evaluation) if name in reported}
 
     def describe_example(
         self, row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, label_names: list[str]

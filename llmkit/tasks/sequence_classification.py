@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from llmkit.methods import MethodOptions
     from llmkit.metrics.per_class import PerClassReport
     from llmkit.models.traits import ModelTraits
-    from llmkit.recipe.schema import DataSection, EvalSection
+    from llmkit.recipe.schema import DataSection, EvalSection, Recipe
 
 # Texts `merge` checks the merged model on: varied lengths, no data files needed.
 PROBE_TEXTS = [
@@ -75,6 +75,7 @@ class PerClassTaskReport(TaskReport):
 
 class SequenceClassification(Task):
     peft_task_type = "SEQ_CLS"
+    peer_methods = ("full", "lora", "prefix", "prompt")  # peer_trainer.py trains all four
     hub_pipeline_tag = "text-classification"
 
     def auto_model_class(self) -> Any:
@@ -252,10 +253,18 @@ class SequenceClassification(Task):
     def csv_values(self, record: dict[str, Any], label_names: list[str]) -> list[Any]:
         return [record["label"], *(record["probabilities"][name] for name in label_names)]
 
-    def peer_arguments(self, data: DataSection) -> list[str]:
-        return ["--text", ",".join(data.text_columns), "--label", data.label_column]
+    def peer_arguments(self, recipe: Recipe) -> list[str]:
+        data = recipe.data
+        return [
+            *super().peer_arguments(recipe),
+            "--text",
+            ",".join(data.text_columns),
+            "--label",
+            data.label_column,
+        ]
 
-    def peer_problems(self, data: DataSection) -> list[str]:
+    def peer_problems(self, recipe: Recipe) -> list[str]:
+        data = recipe.data
         if data.train_file is None or data.validation_file is None:
             return []
         return [
