@@ -515,6 +515,17 @@ class GenerationTask(Task):
         check_same_vocabulary(teacher, tokenizer, model)
         return None
 
+    def distilled_logits(self, logits: Any, input_width: int) -> Any:
+        # Completion-only logits (logits_to_keep) cover the batch's last positions only; the
+        # teacher's are laid out from the first position: put the student's where they belong
+        # (the positions before carry no trained token, so the teacher's mask is off there).
+        import torch
+
+        missing = input_width - logits.shape[1]
+        if missing > 0:
+            logits = torch.nn.functional.pad(logits, (0, 0, missing, 0))
+        return logits[:, -input_width:]
+
     def distillation_positions(self, row: dict[str, Any]) -> list[int]:
         # Every position whose next token is trained: where the loss is taken.
         labels = row["labels"]
