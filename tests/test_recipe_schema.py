@@ -61,6 +61,12 @@ CORPUS: dict[str, tuple[str, bool]] = {
     "checkpoint every 0 steps": (HEAD + "train:\n  checkpoint_every: 0\n", False),
     "tracker list": (HEAD + "train:\n  report_to: [tensorboard]\n", True),
     "tracker as a string": (HEAD + "train:\n  report_to: tensorboard\n", False),
+    "zero stage with deepspeed": (
+        HEAD + "train:\n  distributed:\n    strategy: deepspeed\n    zero_stage: 2\n",
+        True,
+    ),
+    "zero stage with fsdp": (HEAD + "train:\n  distributed:\n    strategy: fsdp\n    zero_stage: 2\n", False),
+    "zero stage without a strategy": (HEAD + "train:\n  distributed:\n    zero_stage: 3\n", False),
     "no model section": ("data:\n  train_file: TRAIN\n  validation_file: VALIDATION\n", False),
 }
 

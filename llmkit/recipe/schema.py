@@ -75,6 +75,13 @@ ONE_SOURCE_JSON_RULES = {
 }
 
 
+# DistributedSection's rule that zero_stage belongs to DeepSpeed, as JSON Schema.
+ZERO_STAGE_JSON_RULE = {
+    "if": {"required": ["zero_stage"], "properties": {"zero_stage": {"type": "integer"}}},
+    "then": {"required": ["strategy"], "properties": {"strategy": {"const": "deepspeed"}}},
+}
+
+
 class DataSection(Section):
     dataset: str | None = Field(None, description="Hub dataset id, e.g. glue.")
     config: str | None = Field(None, description="Hub dataset configuration, e.g. sst2.")
@@ -212,6 +219,7 @@ class DistributedSection(Section):
         "gradients, 3 also parameters. null: 3.",
     )
 
+    # As JSON Schema: ZERO_STAGE_JSON_RULE.
     @model_validator(mode="after")
     def _zero_stage_is_deepspeeds(self) -> DistributedSection:
         if self.zero_stage is not None and self.strategy != "deepspeed":

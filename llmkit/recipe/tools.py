@@ -25,7 +25,7 @@ from llmkit.recipe.loading import (
     is_local_checkpoint,
     load_recipe,
 )
-from llmkit.recipe.schema import DEFAULT_METHOD, ONE_SOURCE_JSON_RULES, Recipe
+from llmkit.recipe.schema import DEFAULT_METHOD, ONE_SOURCE_JSON_RULES, ZERO_STAGE_JSON_RULE, Recipe
 from llmkit.tasks import TASKS, Task, task_for
 
 RECIPES_DIR = Path("recipes")
@@ -347,6 +347,7 @@ def json_schema() -> dict[str, Any]:
     columns = schema["$defs"]["DataSection"]["properties"]["text_columns"]
     as_list = {key: columns.pop(key) for key in ("type", "items", "minItems", "maxItems") if key in columns}
     columns["anyOf"] = [{"type": "string"}, {**as_list, "minItems": 1, "maxItems": 2, "uniqueItems": True}]
+    schema["$defs"]["DistributedSection"].update(ZERO_STAGE_JSON_RULE)
     # A method section without a name is the default method's: the others must name themselves.
     for option in (spec.options for spec in METHODS.values()):
         if option.model_fields["name"].default != DEFAULT_METHOD:
