@@ -20,11 +20,30 @@ if TYPE_CHECKING:
     import torch
     from datasets import Dataset
 
+    from llmkit.distill.teacher import Teacher
+    from llmkit.recipe.schema import DataSection
+
 CACHE_DIR = "teacher"
 META_FILE = "cache.json"
 # Keys the collator adds to a training batch; the trainer takes them out before the forward pass.
 TEACHER_LOGITS, TEACHER_INDICES, TEACHER_MASK = "teacher_logits", "teacher_indices", "teacher_mask"
 ROW = "distill_row"  # the training row's index into the cache, a column of the training split
+
+
+@dataclass(frozen=True)
+class TeacherRequest:
+    """What a task needs to compute the teacher's targets: the teacher, the student's label order
+    (`order`: the teacher's column for each of the student's labels, None when they agree), the
+    training split as read (`raw_train`, for a teacher with its own tokenizer) and as the student
+    tokenised it (`train`), the data section, the batch size and, for generation, top_k."""
+
+    teacher: Teacher
+    order: list[int] | None
+    raw_train: Dataset
+    train: Dataset
+    data: DataSection
+    batch_size: int
+    top_k: int
 
 
 @dataclass

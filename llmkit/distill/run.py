@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmkit.distill.cache import CACHE_DIR, TeacherCache, cache_bytes, fingerprint
+from llmkit.distill.cache import CACHE_DIR, TeacherCache, TeacherRequest, cache_bytes, fingerprint
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -90,9 +90,10 @@ class Distillation:
                 f"distillation: computing the teacher's logits over {len(train)} training rows",
                 file=sys.stderr,
             )
-            targets = task.teacher_targets(
+            request = TeacherRequest(
                 self.teacher, self.order, self.raw_train, train, data, batch_size, self.options.top_k
             )
+            targets = task.teacher_targets(request)
             meta = {"fingerprint": key, "teacher": str(self.teacher.source)}
             replace_dir(directory, lambda staging: TeacherCache.write(staging, targets, meta), kind=None)
         else:

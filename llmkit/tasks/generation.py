@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from llmkit.data.loading import LabelledSplits
-    from llmkit.distill.cache import TeacherTargets
+    from llmkit.distill.cache import TeacherRequest, TeacherTargets
     from llmkit.distill.teacher import Teacher
     from llmkit.generation.engine import Generation
     from llmkit.methods import MethodOptions
@@ -531,16 +531,7 @@ class GenerationTask(Task):
         labels = row["labels"]
         return [position for position in range(len(labels) - 1) if labels[position + 1] != IGNORED]
 
-    def teacher_targets(
-        self,
-        teacher: Teacher,
-        order: list[int] | None,
-        raw_train: Dataset,
-        train: Dataset,
-        data: DataSection,
-        batch_size: int,
-        top_k: int,
-    ) -> TeacherTargets:
+    def teacher_targets(self, request: TeacherRequest) -> TeacherTargets:
         """The teacher reads the student's own tokenised rows (the vocabularies are the same),
         packed rows included; its top-k next-token logits are kept at every trained position."""
         import numpy as np
@@ -549,6 +540,8 @@ class GenerationTask(Task):
         from llmkit.distill.cache import TeacherTargets
         from llmkit.generation.data import pad_batch
         from llmkit.training.precision import torch_dtype
+
+        teacher, train, batch_size, top_k = request.teacher, request.train, request.batch_size, request.top_k
 
         model = teacher.model
         device = next(model.parameters()).device

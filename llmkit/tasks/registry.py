@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from llmkit.data.loading import LabelledSplits
-    from llmkit.distill.cache import TeacherTargets
+    from llmkit.distill.cache import TeacherRequest, TeacherTargets
     from llmkit.distill.teacher import Teacher
     from llmkit.methods import MethodOptions
     from llmkit.models.traits import ModelTraits
@@ -269,16 +269,7 @@ class Task:
         (positions a method prepends, prompt tuning's virtual tokens, dropped)."""
         return logits[:, -input_width:]
 
-    def teacher_targets(
-        self,
-        teacher: Teacher,
-        order: list[int] | None,
-        raw_train: Dataset,
-        train: Dataset,
-        data: DataSection,
-        batch_size: int,
-        top_k: int,
-    ) -> TeacherTargets:
+    def teacher_targets(self, request: TeacherRequest) -> TeacherTargets:
         """The teacher's logits at every row's distillation positions, in the student's label order
         (`order`): the teacher reads `raw_train` with its own tokenizer where the task allows,
         else the student's tokenised rows (`train`)."""

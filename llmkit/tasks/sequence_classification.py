@@ -20,8 +20,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from llmkit.data.loading import LabelledSplits
-    from llmkit.distill.cache import TeacherTargets
-    from llmkit.distill.teacher import Teacher
+    from llmkit.distill.cache import TeacherRequest, TeacherTargets
     from llmkit.methods import MethodOptions
     from llmkit.metrics.per_class import PerClassReport
     from llmkit.models.traits import ModelTraits
@@ -291,22 +290,21 @@ class SequenceClassification(Task):
     def distilled_logits(self, logits: Any, input_width: int) -> Any:
         return logits[:, None, :]
 
-    def teacher_targets(
-        self,
-        teacher: Teacher,
-        order: list[int] | None,
-        raw_train: Dataset,
-        train: Dataset,
-        data: DataSection,
-        batch_size: int,
-        top_k: int,
-    ) -> TeacherTargets:
+    def teacher_targets(self, request: TeacherRequest) -> TeacherTargets:
         """Per example: the teacher reads the text with its own tokenizer and length limit."""
         import numpy as np
 
         from llmkit.data.tokenize import tokenize_split
         from llmkit.distill.cache import TeacherTargets
         from llmkit.inference import predict_logits
+
+        teacher, order, raw_train, data, batch_size = (
+            request.teacher,
+            request.order,
+            request.raw_train,
+            request.data,
+            request.batch_size,
+        )
 
         texts = raw_train.select_columns(data.text_columns)
         tokenised = tokenize_split(texts, teacher.tokenizer, data.text_columns, teacher.max_length, "teacher")

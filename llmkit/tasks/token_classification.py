@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 
     from llmkit.data.loading import LabelledSplits
     from llmkit.data.tagged import TagColumns
-    from llmkit.distill.cache import TeacherTargets
-    from llmkit.distill.teacher import Teacher
+    from llmkit.distill.cache import TeacherRequest, TeacherTargets
     from llmkit.methods import MethodOptions
     from llmkit.recipe.schema import DataSection, EvalSection
 
@@ -373,16 +372,7 @@ class TokenClassification(Task):
         # Each word's first sub-token, in the window that owns the word.
         return [position for position, word in enumerate(row["word_ids"]) if word >= 0]
 
-    def teacher_targets(
-        self,
-        teacher: Teacher,
-        order: list[int] | None,
-        raw_train: Dataset,
-        train: Dataset,
-        data: DataSection,
-        batch_size: int,
-        top_k: int,
-    ) -> TeacherTargets:
+    def teacher_targets(self, request: TeacherRequest) -> TeacherTargets:
         """Per word: the teacher tokenizes the sentences with its own tokenizer and windows, its
         logits are read at each word's first sub-token and given to the student's first sub-token
         of the same word. A word the teacher's tokenizer drops has no teacher value (NaN)."""
@@ -390,6 +380,15 @@ class TokenClassification(Task):
 
         from llmkit.distill.cache import TeacherTargets
         from llmkit.inference import token_logits
+
+        teacher, order, raw_train, train, data, batch_size = (
+            request.teacher,
+            request.order,
+            request.raw_train,
+            request.train,
+            request.data,
+            request.batch_size,
+        )
 
         own = self.tokenize(
             raw_train,
