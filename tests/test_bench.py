@@ -818,7 +818,8 @@ def test_an_untuned_run_evaluates_the_model_as_loaded(generation_bench: tuple[Pa
     assert set(summary["metrics"]) == set(trained["metrics"])
     assert summary["metrics"]["perplexity"]["mean"] > trained["metrics"]["perplexity"]["mean"]
     table = (out / "bench.md").read_text()
-    assert any(line.startswith("| gen-untuned (untuned) | ") for line in table.splitlines())
+    (row,) = [line for line in table.splitlines() if line.startswith("| gen-untuned (untuned) | ")]
+    assert row.split(" | ")[3] == "-"  # trained rows x epochs: none
     assert "[3/4] gen-untuned seed 1 (untuned model, evaluation only)" in result.stdout
 
 

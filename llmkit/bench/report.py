@@ -95,7 +95,7 @@ def summary_table(summaries: list[RunSummary]) -> str:
             {"peer": f"{s.name} (peer script)", "untuned": f"{s.name} (untuned)"}.get(s.kind, s.name),
             short_model(s.model),
             s.method,
-            f"{s.train_rows} x {s.epochs:g}" if s.train_rows is not None and s.epochs is not None else "-",
+            f"{s.train_rows} x {s.epochs:g}" if s.train_rows and s.epochs else "-",  # untuned: none
             str(len(s.seeds)) + (f" ({len(s.failed_seeds)} failed)" if s.failed_seeds else ""),
             *(_stat(_metrics(s).get(name, missing), 4) for name in names),
             count(s.trainable_parameters),
