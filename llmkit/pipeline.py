@@ -19,6 +19,7 @@ from llmkit.resume import check_resumable, checkpoint_step, resume_note
 from llmkit.rundir import RunDirectory, now
 from llmkit.runtime import distributed_state, quiet_libraries
 from llmkit.training.failures import check_finite, explain_failure
+from llmkit.training.stopping import check_stop_at, target_reached
 
 if TYPE_CHECKING:
     from llmkit.distill.run import Distillation
@@ -70,6 +71,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     )
     labelled = task.load_splits(recipe.data, seed=recipe.train.seed, teacher_labels=alone)
     task.check_metrics(recipe.eval, labelled.label_names)
+    check_stop_at(recipe, task.metric_names(recipe.eval))
     set_seed(recipe.train.seed)  # the new head and adapters start from the seed
     loaded = load_classifier(recipe.model.checkpoint, labelled.label_names, recipe.model.revision, task)
     check_positions(loaded.model.config, recipe)
@@ -258,6 +260,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     check_finite(trainer.model, metrics, recipe)  # before generating with broken weights
     for split, values in metrics.items():
         values.update(prepared.task.final_metrics(trainer.model, prepared.tokenizer, splits[split], recipe))
+    evaluations = _evaluations(trainer, metrics["validation"], training_seconds)
     results = {
         "status": "completed",
         "started_at": started_at,
@@ -292,6 +295,11 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             "gradient_accumulation_steps": plan.accumulation_steps,
             "precision": resolve_precision(recipe.train.precision),
             "final_loss": output.training_loss,
+            # Each validation evaluation, with the training time before it (this session's).
+            "evaluations": evaluations,
+            "reached_stop_at": target_reached(metrics["validation"], recipe.eval.stop_at, prefix="")
+            if recipe.eval.stop_at
+            else None,
             "runtime_s": round(training_seconds, 3),
             "samples_per_second": round(samples / training_seconds, 3),
             "tokens_per_second": round(tokens / training_seconds, 1),
@@ -369,6 +377,15 @@ def _save_model(run: RunDirectory, write: Any) -> None:
             f"Could not write the trained model to '{run.model_dir}' ({exc.strerror or exc}); {kept}.",
             hint="check that the run directory is writable and has space",
         ) from exc
+
+
+def _evaluations(trainer: Any, final: dict[str, float], training_seconds: float) -> list[dict[str, Any]]:
+    """The evaluations made during training, and the final one when it came after training."""
+    evaluations = list(trainer.evaluations)
+    if not evaluations or evaluations[-1]["step"] != trainer.state.global_step:
+        step, epoch = trainer.state.global_step, round(trainer.state.epoch or 0.0, 4)
+        evaluations.append({"step": step, "epoch": epoch, "training_s": round(training_seconds, 3), **final})
+    return evaluations
 
 
 def _final_validation(trainer: Any, names: tuple[str, ...]) -> dict[str, float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -38,13 +39,16 @@ parser = argparse.ArgumentParser()
 for flag in ("--model", "--train", "--dev", "--text", "--label", "--limit", "--epochs", "--bs",
              "--lr", "--max-len", "--method"):
     parser.add_argument(flag, required=True)
+for flag in ("--group-by-length", "--bf16"):
+    parser.add_argument(flag, action="store_true")
 args = parser.parse_args()
 open("args.json", "w").write(json.dumps(vars(args)))  # the run directory is the working directory
 print("a warning the real script might print", file=sys.stderr)
 import time; time.sleep(0.6)  # a real peer trains for minutes; the bench polls its memory meanwhile
 print(json.dumps({{"method": args.method, "train_samples": int(args.limit) or 200,
-    "epochs": float(args.epochs), "train_s": 1.0, "train_samples_per_s": {FAKE_PEER_SPEED},
-    "eval_s": 0.1, "accuracy": 0.75, "f1": 0.7}}))
+    "epochs": float(args.epochs), "train_s": 1.0,
+    "train_samples_per_s": {FAKE_PEER_SPEED} * (2 if args.group_by_length else 1),
+    "eval_s": 0.1, "accuracy": 0.75 if float(args.lr) < 0.05 else 0.5, "f1": 0.7}}))
 """
 
 
@@ -426,6 +430,108 @@ def test_slow_prediction_fails_the_bench_naming_run_and_figure(
     assert [r["figure"] for r in regressions] == ["prediction speed ratio to pipeline"]
 
 
+@pytest.fixture
+def peer_bench(tmp_path: Path, bert_checkpoint: Path, tsv_data: DataFiles) -> Callable[..., Path]:
+    """`peer_bench(runs, **top)`: a bench file beside a tiny recipe (recipe.yaml) on the
+    tab-separated data the peer script reads."""
+    bench_recipe(tmp_path, bert_checkpoint, tsv_data, "full", "recipe.yaml", epochs=1)
+    top = {"overrides": {"data.quoting": "none"}}
+    return lambda runs, **more: write_bench(tmp_path / "bench.yaml", {**top, "runs": runs, **more})
+
+
+def test_the_expert_peer_is_the_speed_reference_and_both_ratios_are_reported(
+    peer_bench: Callable[..., Path], fake_peer: Path, tmp_path: Path
+) -> None:
+    from llmkit.training.precision import resolve_precision
+
+    runs = [
+        {"name": "a", "recipe": "recipe.yaml", "expect": {"min_speed_ratio": 1000}},
+        {"kind": "peer", "like": "a"},
+        {"kind": "peer", "like": "a", "expert": True},
+    ]
+    bench = peer_bench(runs, seeds=[1], peer_script=str(fake_peer))
+    result = invoke("bench", bench, "--output-dir", tmp_path / "out")
+    assert result.exit_code == REGRESSION, explain(result)
+    # The ratio a speed claim must win is the one against the expert peer (the fake's grouped
+    # batches report twice its plain speed).
+    assert "a: train samples/s" in result.stderr and "x a-expert-peer's 2000.0" in result.stderr
+    document = json.loads((tmp_path / "out" / "bench.json").read_text())
+    summary = {entry["name"]: entry for entry in document["summary"]}
+    speed = summary["a"]["samples_per_second"]["mean"]
+    assert summary["a"]["peer"] == "a-peer" and summary["a"]["expert_peer"] == "a-expert-peer"
+    assert summary["a"]["speed_ratio_vs_peer"] == pytest.approx(speed / FAKE_PEER_SPEED, rel=1e-3)
+    assert summary["a"]["speed_ratio_vs_expert_peer"] == pytest.approx(speed / FAKE_PEER_SPEED / 2, rel=1e-3)
+    runs_dir = tmp_path / "out" / "runs"
+    expert_args = json.loads((runs_dir / "a-expert-peer-seed1" / "args.json").read_text())
+    plain_args = json.loads((runs_dir / "a-peer-seed1" / "args.json").read_text())
+    assert expert_args["group_by_length"] and not plain_args["group_by_length"]
+    # bf16 only where llmkit trains in it: the expert does what llmkit does, no more.
+    trains_bf16 = resolve_precision("auto") == "bf16"
+    assert expert_args["bf16"] is trains_bf16 and plain_args["bf16"] is False
+    table = (tmp_path / "out" / "bench.md").read_text()
+    assert "| x peer | x expert peer |" in table and "a-expert-peer (expert peer script)" in table
+
+
+def test_time_to_target_for_llmkit_runs_and_a_sweep_of_peers(
+    peer_bench: Callable[..., Path], fake_peer: Path, tmp_path: Path
+) -> None:
+    runs = [
+        {"name": "a", "recipe": "recipe.yaml", "overrides": {"eval.every_steps": 2}},
+        {"kind": "peer", "like": "a", "expert": True},
+        # The fake script reaches accuracy 0.75 below lr 0.05, 0.5 above.
+        {"kind": "peer", "like": "a", "name": "fast-lr", "overrides": {"train.learning_rate": 0.1}},
+        {"kind": "peer", "like": "a", "name": "slow", "overrides": {"train.epochs": 3}},
+    ]
+    bench = peer_bench(runs, seeds=[1], peer_script=str(fake_peer), time_to_target={"accuracy": 0.0})
+    result = invoke("bench", bench, "--output-dir", tmp_path / "out", "time_to_target={accuracy: 0.6}")
+    assert result.exit_code == 0, explain(result)
+    out = tmp_path / "out"
+    assert json.loads((out / "runs" / "fast-lr-seed1" / "args.json").read_text())["lr"] == "0.1"
+    assert json.loads((out / "runs" / "slow-seed1" / "args.json").read_text())["epochs"] == "3"
+    document = json.loads((out / "bench.json").read_text())
+    summary = {entry["name"]: entry for entry in document["summary"]}
+    run = next(r for r in document["runs"] if r["name"] == "a")
+    evaluations = run["results"]["train"]["evaluations"]
+    first = next(e for e in evaluations if e["accuracy"] >= 0.6)  # the tiny model learns
+    assert summary["a"]["time_to_target_s"]["mean"] == first["training_s"]
+    assert summary["a"]["reached_target"] == 1
+    # Peers: their whole training when the final figures reach the target (the fake's train_s 1.0).
+    assert summary["a-expert-peer"]["time_to_target_s"]["mean"] == 1.0
+    assert (
+        summary["fast-lr"]["reached_target"] == 0 and summary["fast-lr"]["time_to_target_s"]["mean"] is None
+    )
+    assert summary["a"]["fastest_peer_to_target"] in ("a-expert-peer", "slow")
+    assert summary["a"]["time_to_target_ratio_vs_fastest_peer"] == pytest.approx(
+        1.0 / first["training_s"], rel=1e-3
+    )
+    # A sweep's peers train other settings: the speed ratio is against the expert peer only.
+    assert summary["a"]["expert_peer"] == "a-expert-peer" and summary["a"]["peer"] is None
+    table = (out / "bench.md").read_text()
+    assert "## Time to validation accuracy >= 0.6" in table and "| fast-lr (peer script) | " in table
+
+
+def test_a_peer_sweep_sets_only_what_the_script_takes(small_bench: Callable[..., Path]) -> None:
+    runs = [
+        {"name": "a", "recipe": "recipe.yaml"},
+        {"kind": "peer", "like": "a", "overrides": {"train.warmup_ratio": 0.1}},
+    ]
+    result = invoke("bench", small_bench(runs), "--dry-run")
+    assert result.exit_code == 2
+    assert "a peer run's overrides set what its script takes (train.learning_rate" in result.stderr
+    assert "not train.warmup_ratio" in result.stderr
+
+
+def test_a_run_has_at_most_one_peer_of_each_kind(small_bench: Callable[..., Path], fake_peer: Path) -> None:
+    runs = [
+        {"name": "a", "recipe": "recipe.yaml"},
+        {"kind": "peer", "like": "a", "name": "one", "expert": True},
+        {"kind": "peer", "like": "a", "name": "two", "expert": True},
+    ]
+    result = invoke("bench", small_bench(runs), "--dry-run")
+    assert result.exit_code == 2
+    assert "a: more than one of its expert peer runs without overrides; keep one" in result.stderr
+
+
 def test_a_peer_run_can_be_limited_to_some_seeds(small_bench: Callable[..., Path], fake_peer: Path) -> None:
     from llmkit.bench.loading import plan_bench
 
@@ -452,6 +558,8 @@ def test_a_peer_run_gets_the_resolved_recipe(
         "lr": "0.001",
         "max_len": "128",
         "method": "full",
+        "group_by_length": False,  # the plain peer: Trainer's defaults
+        "bf16": False,
     }
     peer = json.loads((out / "runs" / "full-peer-seed1" / "results.json").read_text())
     assert peer["train"]["samples_per_second"] == FAKE_PEER_SPEED
@@ -504,17 +612,25 @@ def test_a_run_that_stops_learning_fails_the_bench_naming_run_and_figure(
 def test_a_slowed_down_run_fails_its_speed_ratio(
     tmp_path: Path, bert_checkpoint: Path, sentiment_data: DataFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llmkit.training.trainer import LlmkitTrainer
-
-    original = LlmkitTrainer.training_step
-
-    def slowed_step(self: Any, *args: Any, **kwargs: Any) -> Any:
-        # The deliberately broken change, in one run only: <out>/runs/slowed-seed1/checkpoints.
-        if Path(self.args.output_dir).parent.name.startswith("slowed-"):
-            time.sleep(0.1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(LlmkitTrainer, "training_step", slowed_step)
+    # The deliberately broken change, in one run only (<out>/runs/slowed-seed1/checkpoints), made
+    # in the run's own process: a sitecustomize module that every new Python process imports.
+    patches = tmp_path / "slowed"
+    patches.mkdir()
+    (patches / "sitecustomize.py").write_text(
+        "import time\n"
+        "from pathlib import Path\n"
+        "import llmkit.training.trainer as trainer\n"
+        "original = trainer.LlmkitTrainer.training_step\n"
+        "def slowed_step(self, *args, **kwargs):\n"
+        "    if Path(self.args.output_dir).parent.name.startswith('slowed-'):\n"
+        "        time.sleep(0.4)\n"
+        "    return original(self, *args, **kwargs)\n"
+        "trainer.LlmkitTrainer.training_step = slowed_step\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(patches), os.environ.get("PYTHONPATH")]))
+    )
     bench_recipe(tmp_path, bert_checkpoint, sentiment_data, "full", "recipe.yaml", epochs=1)
     expect = {"min_speed_ratio": 0.7, "speed_reference": "reference"}
     bench = write_bench(

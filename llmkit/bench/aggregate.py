@@ -1,5 +1,5 @@
 """One summary per run of the bench file: mean and standard deviation over its seeds of each
-figure, and its speed as a ratio to its peer run."""
+figure, and its speed as a ratio to its peer runs (the plain one and the expert one)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,16 @@ class RunSummary:
     mfu: float | None  # mean model FLOP/s over the machine's matmul peak in that precision
     inference: dict[str, Any] | None  # prediction speed against a pipeline (measure_inference)
     task: str = "sequence_classification"
+    expert_peer: str | None = None  # the expert peer run (the script with an expert's options)
+    speed_ratio_vs_expert_peer: float | None = None
+    expert: bool = False  # this run is an expert peer
+    # The bench's time_to_target: training seconds until the validation figures first reached
+    # every target (mean over the seeds that reached them), how many seeds did, and for an llmkit
+    # run its fastest peer's time over its own (above 1: llmkit reached the target sooner).
+    time_to_target_s: Stat = field(default_factory=lambda: Stat(None, None))
+    reached_target: int | None = None
+    fastest_peer_to_target: str | None = None
+    time_to_target_ratio_vs_fastest_peer: float | None = None
     # Every validation metric of the run's task, by the task's metric names (accuracy and f1 too),
     # and how tables name them.
     metrics: dict[str, Stat] = field(default_factory=dict)
@@ -73,18 +83,70 @@ def summarize(
     precision) has the run's precision."""
     summaries = {run.label: _summary(run.label, run.kind, plan, records) for run in plan.bench.runs}
     for run in plan.bench.runs:
-        peers = plan.bench.peers_of(run.label)
-        if peers:
-            mine, peer = summaries[run.label], summaries[peers[0].label]
-            ratio = speed_ratio(mine, peer)
-            summaries[run.label] = replace(mine, peer=peers[0].label, speed_ratio_vs_peer=ratio)
+        for peer_run in plan.bench.peers_of(run.label):
+            mine, peer = summaries[run.label], summaries[peer_run.label]
             summaries[peer.name] = replace(peer, model_flops_per_second=_peer_flops(mine, peer))
+            if peer_run.overrides:  # a sweep's peer trains other settings: no speed reference
+                continue
+            ratio = speed_ratio(mine, peer)
+            if peer_run.expert:
+                mine = replace(mine, expert_peer=peer.name, speed_ratio_vs_expert_peer=ratio)
+            else:
+                mine = replace(mine, peer=peer.name, speed_ratio_vs_peer=ratio)
+            summaries[run.label] = mine
+    targets = plan.bench.time_to_target
+    if targets:
+        for name in summaries:
+            done = [record for record in records if record.name == name and record.status == "completed"]
+            times = [time_to_target(record, targets) for record in done]
+            reached = [t for t in times if t is not None]
+            summaries[name] = replace(
+                summaries[name], time_to_target_s=Stat.of(reached), reached_target=len(reached)
+            )
+        for run in plan.bench.runs:
+            summaries[run.label] = _against_fastest_peer(summaries, run.label, plan)
     peaks = matmul_peaks or {}
     for name, summary in summaries.items():
         achieved, peak = summary.model_flops_per_second.mean, peaks.get(summary.precision or "")
         if achieved is not None and peak:
             summaries[name] = replace(summary, mfu=float(f"{achieved / peak:.4g}"))
     return list(summaries.values())
+
+
+def time_to_target(record: RunRecord, targets: dict[str, float]) -> float | None:
+    """Training seconds until the run's validation figures first reached every target (None: never):
+    an llmkit run's first such evaluation during training (results.json train.evaluations), a peer
+    script's whole training when its final figures reach them (it evaluates only at the end)."""
+    from llmkit.training.stopping import target_reached
+
+    if record.kind == "peer":
+        final = record.figure("metrics", "validation") or {}
+        return record.figure("train", "runtime_s") if target_reached(final, targets, prefix="") else None
+    for evaluation in record.figure("train", "evaluations") or []:
+        if target_reached(evaluation, targets, prefix=""):
+            found: float = evaluation["training_s"]
+            return found
+    return None
+
+
+def _against_fastest_peer(summaries: dict[str, RunSummary], name: str, plan: BenchPlan) -> RunSummary:
+    """An llmkit run's time to target against the fastest of its peers whose every seed reached it."""
+    mine = summaries[name]
+    peers = [
+        summaries[peer.label]
+        for peer in plan.bench.peers_of(name)
+        if summaries[peer.label].reached_target
+        and not summaries[peer.label].failed_seeds
+        and summaries[peer.label].reached_target == len(summaries[peer.label].seeds)
+    ]
+    timed = [peer for peer in peers if peer.time_to_target_s.mean is not None]
+    if not timed:
+        return mine
+    fastest = min(timed, key=lambda peer: peer.time_to_target_s.mean or 0.0)
+    own = mine.time_to_target_s.mean
+    all_seeds = mine.reached_target == len(mine.seeds) and bool(mine.seeds)
+    ratio = float(f"{(fastest.time_to_target_s.mean or 0.0) / own:.4g}") if own and all_seeds else None
+    return replace(mine, fastest_peer_to_target=fastest.name, time_to_target_ratio_vs_fastest_peer=ratio)
 
 
 def _peer_flops(run: RunSummary, peer: RunSummary) -> Stat:
@@ -98,7 +160,7 @@ def _peer_flops(run: RunSummary, peer: RunSummary) -> Stat:
 
 def speed_ratio(run: RunSummary, reference: RunSummary) -> float | None:
     mine, theirs = run.samples_per_second.mean, reference.samples_per_second.mean
-    return round(mine / theirs, 4) if mine is not None and theirs else None
+    return float(f"{mine / theirs:.4g}") if mine is not None and theirs else None
 
 
 def _summary(name: str, kind: str, plan: BenchPlan, records: list[RunRecord]) -> RunSummary:
@@ -140,6 +202,7 @@ def _summary(name: str, kind: str, plan: BenchPlan, records: list[RunRecord]) ->
         mfu=None,
         inference=next((found for r in done if (found := r.figure("inference")) is not None), None),
         task=planned.recipe.task.name,
+        expert=planned.expert,
         metrics=metrics,
         metric_labels={n: task.metric_label(n) for n in names},
     )

@@ -28,7 +28,7 @@ from llmkit.bench.report import (
     write_json,
     write_markdown,
 )
-from llmkit.bench.runner import Echo, RunRecord, execute, reset_peak_memory
+from llmkit.bench.runner import Echo, RunRecord, execute
 from llmkit.errors import LlmkitError
 from llmkit.fsutil import MARKER, check_replaceable, clear_dir
 from llmkit.rundir import now
@@ -159,9 +159,9 @@ def describe_plan(plan: BenchPlan) -> str:
     if peers:
         lines += ["", "peer runs:"]
         for run in peers:
-            command = peer_command(plan.script_of(run), run.recipe, _model_shown(run))
+            command = peer_command(plan.script_of(run), run.recipe, _model_shown(run), run.expert)
             lines.append(f"  {run.name}: {shlex.join(command[1:])}")
-            lines += [f"    note: {note}" for note in peer_notes(run.recipe)]
+            lines += [f"    note: {note}" for note in peer_notes(run.recipe, run.expert)]
     return "\n".join(lines)
 
 
@@ -186,10 +186,11 @@ def _run_bench(
         "baseline": str(baseline_path) if baseline_path else None,
         "started_at": started_at,
         "run_count": len(plan.runs),
-        "peak_memory": _peak_memory_meaning(reset_peak_memory()),
+        "peak_memory": _peak_memory_meaning(),
         "host": _host(),
         "versions": run_versions(),
         "matmul_peak": _measure_peaks(plan, echo),
+        "time_to_target": plan.bench.time_to_target,
         "complete": False,
     }
 
@@ -202,7 +203,7 @@ def _run_bench(
     summaries = summarize(plan, records, peaks)
     regressions = check_expectations(plan, records, summaries)
     peers = [run for run in _first_of_each(plan) if run.kind == "peer"]
-    notes = [f"{run.name}: {note}" for run in peers for note in peer_notes(run.recipe)]
+    notes = [f"{run.name}: {note}" for run in peers for note in peer_notes(run.recipe, run.expert)]
     if baseline is not None:
         found, compared = compare_with_baseline(summaries, baseline, plan.bench.tolerances)
         regressions += found
@@ -228,14 +229,17 @@ def _run_bench(
 
 
 def _measure_peaks(plan: BenchPlan, echo: Echo) -> dict[str, dict[str, Any]]:
-    """The machine's matmul rate in each precision the runs train in (peer runs: fp32), measured
-    now, in this process, with the threads the runs get."""
+    """The machine's matmul rate in each precision the runs train in (peer runs: fp32, an expert
+    peer bf16 where its like run trains in bf16), measured now, in this process, with the threads
+    the runs get."""
     from llmkit.bench.machine import matmul_peak
     from llmkit.training.precision import resolve_precision
 
-    precisions = {
-        "fp32" if run.kind == "peer" else resolve_precision(run.recipe.train.precision) for run in plan.runs
-    }
+    def precision(run: PlannedRun) -> str:
+        trained = resolve_precision(run.recipe.train.precision)
+        return trained if run.kind != "peer" or (run.expert and trained == "bf16") else "fp32"
+
+    precisions = {precision(run) for run in plan.runs}
     peaks = {precision: matmul_peak(precision) for precision in sorted(precisions)}
     shown = ", ".join(
         f"{precision} {found['flops_per_second'] / 1e9:,.0f} GFLOP/s" for precision, found in peaks.items()
@@ -264,7 +268,7 @@ def _expectations(plan: BenchPlan, name: str) -> str:
         parts.append(f"validation {task.metric_label('f1')} >= {expect.min_f1:g}")
     parts += [f"validation {task.metric_label(m)} >= {least:g}" for m, least in expect.min_metrics.items()]
     if expect.min_speed_ratio is not None:
-        reference = expect.speed_reference or plan.bench.peers_of(name)[0].label
+        reference = expect.speed_reference or plan.bench.speed_reference(name)
         parts.append(f"train samples/s >= {expect.min_speed_ratio:g}x {reference}'s")
     if expect.max_peak_memory_mb is not None:
         parts.append(f"peak memory <= {expect.max_peak_memory_mb:g} MB")
@@ -310,20 +314,17 @@ def _prepared_output(plan: BenchPlan, overwrite: bool) -> Iterator[None]:
         yield
 
 
-def _peak_memory_meaning(reset: bool) -> str:
+def _peak_memory_meaning() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return "peak GPU memory allocated by the run (reset before each run); peer runs: peak resident memory of the script's process"  # noqa: E501
-    if reset:
         return (
-            "peak resident memory (VmHWM) of the bench process during the run, reset before each run "
-            "to what the process then holds, so it includes what earlier runs left resident (the same "
-            "runs in the same order from bench to bench); peer runs: of the script's own process"
+            "peak GPU memory allocated by the run's own process; peer runs: peak resident memory of "
+            "the script's process"
         )
     return (
-        "peak resident memory of the bench process so far (this platform cannot reset it between "
-        "runs, so a run's figure includes the runs before it); peer runs: of the script's process"
+        "peak resident memory (VmHWM) of the run's own process (each run is made by a fresh "
+        "process); peer runs: of the script's process"
     )
 
 

@@ -61,6 +61,7 @@ class PlannedRun:
     like: str | None = None  # a peer or untuned run: the llmkit run whose recipe it was given
     measure_inference: bool = False  # prediction speed against a pipeline, after training
     script: Path | None = None  # a peer run's own script (its `script:`), else the bench's
+    expert: bool = False  # the expert peer: the script with an expert's Trainer options
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path 
             run_dir = output_dir / RUNS_DIR / f"{run.label}-seed{seed}"
             index = bench.runs.index(source)
             used = used_dirs(source, seed)
-            recipe = _resolve(path, lines, bench, index, source, seed, recipe_overrides, run_dir, used)
+            own = run.overrides if isinstance(run, PeerRun) else None  # a peer sweep's settings
+            recipe = _resolve(path, lines, bench, index, source, seed, recipe_overrides, run_dir, used, own)
             like = run.like if isinstance(run, DerivedRun) else None
             # Once per run: prediction speed does not depend on the training seed.
             inference = isinstance(run, LlmkitRun) and run.measure_inference and position == 0
@@ -172,6 +174,7 @@ def plan_bench(path: Path, overrides: list[str] | None = None, output_dir: Path 
                     like,
                     inference,
                     script,
+                    isinstance(run, PeerRun) and run.expert,
                 )
             )
     return BenchPlan(bench, path, name, output_dir, peer_script, planned, list(overrides or []))
@@ -306,9 +309,11 @@ def _resolve(
     cli_overrides: list[str],
     output_dir: Path,
     used: dict[str, str] | None = None,
+    peer_overrides: dict[str, Any] | None = None,
 ) -> Recipe:
     """The run's recipe with the bench's, the run's, the seed's and the command line's settings;
-    `used`: dotted keys set to the directories of the runs this run uses, over the run's overrides."""
+    `used`: dotted keys set to the directories of the runs this run uses, over the run's overrides;
+    `peer_overrides`: a peer run's own settings, over the run's (its like run's) overrides."""
     recipe_file = path.parent / run.recipe
     if not recipe_file.is_file():
         line = lines.get(("runs", str(index), "recipe"))
@@ -330,6 +335,8 @@ def _resolve(
             value = resolve_path_value(keys, value, path.parent) if keys in PATH_KEYS else value
             tree = deep_merge(tree, _nest(keys, value))
             sources[keys] = f"{path}:{lines.get((*where, dotted), lines.get(where))}"
+    for dotted, value in (peer_overrides or {}).items():
+        tree = deep_merge(tree, _nest(tuple(dotted.split(".")), value))
     for dotted, directory in (used or {}).items():
         keys = tuple(dotted.split("."))
         tree = deep_merge(tree, _nest(keys, directory))

@@ -59,7 +59,7 @@ def peer_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-def peer_notes(recipe: Recipe) -> list[str]:
+def peer_notes(recipe: Recipe, expert: bool = False) -> list[str]:
     """Differences between what the script trains and the recipe, which do not change its speed."""
     from llmkit.tasks import task_for
 
@@ -76,13 +76,24 @@ def peer_notes(recipe: Recipe) -> list[str]:
     from llmkit.training.precision import resolve_precision
 
     precision = resolve_precision(recipe.train.precision)
-    if precision != "fp32":
+    if precision != "fp32" and not (expert and precision == "bf16"):
         notes.append(f"the script trains in fp32 (llmkit here: {precision})")
     return notes
 
 
-def peer_command(script: Path, recipe: Recipe, model: str) -> list[str]:
-    """The script's command line: the training settings every peer script takes, then the task's."""
+def expert_arguments(recipe: Recipe) -> list[str]:
+    """What the expert peer adds to the script's command line: the task's expert options (length
+    grouping), and bf16 mixed precision where llmkit trains in bf16 (every peer script has --bf16)."""
+    from llmkit.tasks import task_for
+    from llmkit.training.precision import resolve_precision
+
+    bf16 = ["--bf16"] if resolve_precision(recipe.train.precision) == "bf16" else []
+    return [*task_for(recipe.task).peer_expert_arguments(recipe), *bf16]
+
+
+def peer_command(script: Path, recipe: Recipe, model: str, expert: bool = False) -> list[str]:
+    """The script's command line: the training settings every peer script takes, then the task's,
+    then the expert's options for the expert peer."""
     from llmkit.tasks import task_for
 
     data, train = recipe.data, recipe.train
@@ -98,6 +109,7 @@ def peer_command(script: Path, recipe: Recipe, model: str) -> list[str]:
         "--lr", f"{recipe.learning_rate:g}",
         "--max-len", str(data.max_length),
         "--method", recipe.method.name,
+        *(expert_arguments(recipe) if expert else []),
     ]  # fmt: skip
 
 
@@ -112,12 +124,13 @@ def model_directory(recipe: Recipe) -> str:
     return location.path
 
 
-def run_peer(script: Path, recipe: Recipe, run_dir: Path) -> dict[str, Any]:
-    """Run the script in `run_dir` (its output goes to peer.log) and return results.json content."""
+def run_peer(script: Path, recipe: Recipe, run_dir: Path, expert: bool = False) -> dict[str, Any]:
+    """Run the script in `run_dir` (its output goes to peer.log) and return results.json content;
+    `expert`: with the expert's options (`expert_arguments`)."""
     problems = peer_problems(recipe)
     if problems:
         raise PeerError("; ".join(problems))
-    command = peer_command(script, recipe, model_directory(recipe))
+    command = peer_command(script, recipe, model_directory(recipe), expert)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / LOG_FILE
     with log.open("w", encoding="utf-8") as handle:
@@ -129,8 +142,13 @@ def run_peer(script: Path, recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     if returncode != 0 or reported is None:
         tail = "\n".join(output.strip().splitlines()[-5:])
         raise PeerError(f"the peer script exited with code {returncode}; {log} ends with:\n{tail}")
-    results = _as_results(recipe, reported, peak_kb)
-    results["peer"] = {"command": command, "reported": reported, "notes": peer_notes(recipe)}
+    results = _as_results(recipe, reported, peak_kb, expert)
+    results["peer"] = {
+        "command": command,
+        "expert": expert,
+        "reported": reported,
+        "notes": peer_notes(recipe, expert),
+    }
     write_json(run_dir / "results.json", results)  # strict JSON, written whole
     return results
 
@@ -172,7 +190,7 @@ def _last_json_line(output: str) -> dict[str, Any] | None:
     return None
 
 
-def _as_results(recipe: Recipe, reported: dict[str, Any], peak_kb: int) -> dict[str, Any]:
+def _as_results(recipe: Recipe, reported: dict[str, Any], peak_kb: int, expert: bool) -> dict[str, Any]:
     from llmkit.tasks import task_for
 
     samples = round(reported["train_samples"] * reported["epochs"])
@@ -192,6 +210,7 @@ def _as_results(recipe: Recipe, reported: dict[str, Any], peak_kb: int) -> dict[
             "samples_per_second": reported["train_samples_per_s"],
             "tokens_per_second": None,  # the script does not count tokens
             "peak_memory_mb": round(peak_kb / 1024, 1),
+            "precision": "bf16" if "--bf16" in (expert_arguments(recipe) if expert else []) else "fp32",
         },
         "parameters": None,  # nor parameters
     }

@@ -1,12 +1,20 @@
-"""Making the runs of a bench: each llmkit run through `llmkit.pipeline.finetune` in this process
-(the code path of `llmkit finetune`, into its own run directory), each peer run through the
-peer script, each untuned run as an evaluation of the untrained model, one after another, with a
-progress line per run and for the bench as a whole."""
+"""Making the runs of a bench: each llmkit run through `llmkit.pipeline.finetune` (the code path
+of `llmkit finetune`, into its own run directory), each peer run through the peer script, each
+untuned run as an evaluation of the untrained model, one after another, with a progress line per
+run and for the bench as a whole.
+
+Every run gets a process of its own (llmkit and untuned runs a fresh Python process started with
+`spawn`, peer runs the script's), so its peak memory, thread pools, allocator caches and imported
+state are its own: in one shared process a run's peak counted what the runs before it left
+resident (+9-13% on the CI bench's second run), and a crash in one run (out of memory, a fault in
+a native library) took the bench down with it."""
 
 from __future__ import annotations
 
-import gc
+import multiprocessing
+import queue
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,20 +71,71 @@ def execute(plan: BenchPlan, echo: Echo, done: Callable[[list[RunRecord]], None]
 
 
 def run_one(planned: PlannedRun, peer_script: Path) -> RunRecord:
-    """One run; an exception other than an interruption is recorded as a failed run."""
+    """One run, in a process of its own; an exception other than an interruption, or the death of
+    that process, is recorded as a failed run."""
     run_dir = Path(planned.recipe.output_dir or ".")
     start = time.perf_counter()
     try:
-        if planned.kind == "peer":
-            results = _run_peer(planned, peer_script)
-        elif planned.kind == "untuned":
-            results = _run_untuned(planned)
-        else:
-            results = _run_llmkit(planned)
+        results = _run_peer(planned, peer_script) if planned.kind == "peer" else _in_own_process(planned)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
-        return _record(planned, run_dir, "failed", start, error=reason)
+        return _record(planned, run_dir, "failed", start, error=_reason(exc))
     return _record(planned, run_dir, "completed", start, results=results)
+
+
+class RunProcessFailed(Exception):
+    """The run's process raised (its message and the traceback's last lines) or died."""
+
+
+def _in_own_process(planned: PlannedRun) -> dict[str, Any]:
+    """The run made by a fresh Python process (`spawn`: nothing of this process's memory, threads
+    or imports is inherited), which sends back its results or the error that ended it."""
+    context = multiprocessing.get_context("spawn")
+    channel = context.Queue()
+    process = context.Process(target=_run_in_child, args=(planned, channel), name=f"bench-{planned.name}")
+    process.start()
+    try:
+        while True:
+            try:
+                outcome, payload = channel.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not process.is_alive():
+                    raise RunProcessFailed(
+                        f"the run's process ended without a result (exit code {process.exitcode}"
+                        + (": killed by a signal, out of memory?)" if (process.exitcode or 0) < 0 else ")")
+                    ) from None
+        process.join()
+    except BaseException:
+        # Interrupted (Ctrl-C reaches the child too, which stops as `llmkit finetune` stops):
+        # give it a moment to finish writing, then make sure it is gone.
+        process.join(timeout=30)
+        if process.is_alive():
+            process.terminate()
+            process.join()
+        raise
+    if outcome == "failed":
+        raise RunProcessFailed(payload)
+    results: dict[str, Any] = payload
+    return results
+
+
+def _run_in_child(planned: PlannedRun, channel: Any) -> None:
+    """The body of a run's process: make the run, send ("completed", results) or ("failed", why)."""
+    try:
+        results = _run_untuned(planned) if planned.kind == "untuned" else _run_llmkit(planned)
+    except KeyboardInterrupt:
+        channel.put(("failed", "interrupted"))
+        raise
+    except BaseException as exc:
+        # The error's own message first (what the table shows), then where it came from.
+        where = "".join(traceback.format_exception(exc)[-3:]).rstrip()
+        channel.put(("failed", f"{_reason(exc)}\n{where}"))
+        return
+    channel.put(("completed", results))
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _record(planned: PlannedRun, run_dir: Path, status: str, start: float, **found: Any) -> RunRecord:
@@ -96,7 +155,6 @@ def _record(planned: PlannedRun, run_dir: Path, status: str, start: float, **fou
 def _run_llmkit(planned: PlannedRun) -> dict[str, Any]:
     from llmkit.pipeline import finetune
 
-    reset_peak_memory()
     results = finetune(planned.recipe)
     if planned.measure_inference:
         from llmkit.bench.inference_speed import compare_with_pipeline
@@ -110,38 +168,13 @@ def _run_llmkit(planned: PlannedRun) -> dict[str, Any]:
 def _run_peer(planned: PlannedRun, peer_script: Path) -> dict[str, Any]:
     from llmkit.bench.peer import run_peer
 
-    return run_peer(peer_script, planned.recipe, Path(planned.recipe.output_dir or "."))
+    return run_peer(peer_script, planned.recipe, Path(planned.recipe.output_dir or "."), planned.expert)
 
 
 def _run_untuned(planned: PlannedRun) -> dict[str, Any]:
     from llmkit.bench.untuned import evaluate_untuned
 
-    reset_peak_memory()
     return evaluate_untuned(planned.recipe, Path(planned.recipe.output_dir or "."))
-
-
-def reset_peak_memory() -> bool:
-    """Start the process's peak-memory figure afresh, so each in-process run reports its own peak
-    rather than the largest of the runs before it. False where the platform cannot (then each
-    run's figure is the peak so far)."""
-    import torch
-
-    gc.collect()  # the previous run's model and data, before the peak restarts from here
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so it does not count
-    except (OSError, AttributeError):
-        pass
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return True
-    try:
-        # Linux: writing 5 resets the peak resident set size that getrusage reports.
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def _prefix(planned: PlannedRun, total: int) -> str:

@@ -21,6 +21,11 @@ from pydantic import (
 )
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The recipe keys a peer run may set for itself (a sweep of the peer's settings): those its
+# script takes. Any other key would be silently ignored by the script.
+PEER_OVERRIDE_KEYS = (
+    "train.learning_rate", "train.epochs", "train.batch_size", "data.max_train_samples", "data.max_length",
+)  # fmt: skip
 # Where the hand-written baseline lives when a bench file does not say: beside the checkout,
 # relative to the directory `llmkit bench` runs in (the repository root, under `make`).
 DEFAULT_PEER_SCRIPT = Path("../shared/bench/peer_trainer.py")
@@ -61,7 +66,9 @@ class Expectations(Section):
         description="Mean train samples/s divided by the speed_reference run's is at least this.",
     )
     speed_reference: str | None = Field(
-        None, description="The run min_speed_ratio compares with; default: the peer run of this run."
+        None,
+        description="The run min_speed_ratio compares with; default: the expert peer run of this run, "
+        "else its plain peer run.",
     )
     max_peak_memory_mb: PositiveFloat | None = Field(
         None, description="Every seed's peak memory (MB) is at most this."
@@ -170,10 +177,34 @@ class PeerRun(RunBase):
         description="This peer's script, relative to the bench file (a bench with runs of several "
         "tasks: each task has its peer, e.g. peer_ner.py); default: the bench's peer_script.",
     )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="This peer's own settings over the like run's recipe, for a sweep of the peer "
+        f"(time to target): {', '.join(PEER_OVERRIDE_KEYS)}. A peer with overrides trains "
+        "something else than its like run, so its speed is not a ratio's reference.",
+    )
+    expert: bool = Field(
+        False,
+        description="The expert peer: the script with what a user who knows Trainer turns on by hand "
+        "(length-grouped batches, --group-by-length, for the classification tasks; bf16, --bf16, "
+        "where the like run trains in bf16). A run's speed ratio is computed against its expert "
+        "peer when it has one; a run may have one plain and one expert peer.",
+    )
+
+    @field_validator("overrides")
+    @classmethod
+    def _keys_the_script_takes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        other = [key for key in value if key not in PEER_OVERRIDE_KEYS]
+        if other:
+            raise ValueError(
+                f"a peer run's overrides set what its script takes ({', '.join(PEER_OVERRIDE_KEYS)}); "
+                f"not {', '.join(other)}"
+            )
+        return value
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.like}-peer"
+        return self.name or f"{self.like}-{'expert-peer' if self.expert else 'peer'}"
 
 
 class UntunedRun(RunBase):
@@ -228,6 +259,13 @@ class Bench(Section):
     tolerances: Tolerances = Field(
         default_factory=Tolerances, description="How far a run may fall behind --baseline."
     )
+    time_to_target: dict[str, float] = Field(
+        default_factory=dict,
+        description="Validation targets, e.g. {accuracy: 0.85}: each run's training time (evaluation "
+        "excluded) until it first reaches all of them: an llmkit run's first evaluation that does "
+        "(eval.every_steps sets how often it evaluates), a peer's whole training when its final "
+        "figures do. The table adds each llmkit run's time against its fastest peer's.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -258,7 +296,11 @@ class Bench(Section):
                     f"{run.label}: expect.speed_reference: '{reference}' is not another run of "
                     f"this bench (runs: {', '.join(names)})"
                 )
-            if run.expect.sets("min_speed_ratio") and reference is None and not self.peers_of(run.label):
+            if (
+                run.expect.sets("min_speed_ratio")
+                and reference is None
+                and not self.speed_peers_of(run.label)
+            ):
                 problems.append(
                     f"{run.label}: expect.min_speed_ratio needs expect.speed_reference (no peer run "
                     "is like this run)"
@@ -281,14 +323,32 @@ class Bench(Section):
                         f"{run.label} (runs are made in the order listed)"
                     )
         for name in names:
-            if len(self.peers_of(name)) > 1:
-                problems.append(f"{name}: more than one peer run is like it; keep one")
+            for expert in (False, True):
+                if sum(peer.expert == expert for peer in self.speed_peers_of(name)) > 1:
+                    which = "expert peer runs" if expert else "peer runs without expert: true"
+                    problems.append(
+                        f"{name}: more than one of its {which} without overrides; keep one (peers "
+                        "with overrides are a sweep)"
+                    )
         if problems:
             raise ValueError("\n".join(problems))  # one problem a line: each is listed on its own
         return self
 
     def peers_of(self, name: str) -> list[PeerRun]:
         return [run for run in self.runs if isinstance(run, PeerRun) and run.like == name]
+
+    def speed_peers_of(self, name: str) -> list[PeerRun]:
+        """The peers given exactly the run's settings (no overrides): its speed's references."""
+        return [run for run in self.peers_of(name) if not run.overrides]
+
+    def speed_reference(self, name: str) -> str | None:
+        """The run `name`'s speed is compared with: expect.speed_reference, else its expert peer,
+        else its plain peer (None: none)."""
+        chosen = self.run(name).expect.speed_reference
+        if chosen is not None:
+            return chosen
+        peers = sorted(self.speed_peers_of(name), key=lambda peer: not peer.expert)
+        return peers[0].label if peers else None
 
     def run(self, name: str) -> BenchRun:
         return next(run for run in self.runs if run.label == name)

@@ -353,6 +353,18 @@ class EvalSection(Section):
     positive_label: str | None = Field(
         None, description="The positive class for binary F1; null: the second label."
     )
+    every_steps: PositiveInt | None = Field(
+        None,
+        description="Evaluate on the validation split every this many optimizer steps (and once at "
+        "the end); null: at the end of each epoch. results.json lists every evaluation with the "
+        "training time before it (train.evaluations): time to accuracy.",
+    )
+    stop_at: dict[str, float] = Field(
+        default_factory=dict,
+        description="Stop training at the first evaluation where every named validation metric "
+        "reaches its value, e.g. {accuracy: 0.85}; the learning-rate schedule stays the whole "
+        "run's. Names: the task's metrics (loss excluded: lower is better).",
+    )
 
     @field_validator("metrics")
     @classmethod

@@ -27,6 +27,7 @@ from llmkit.recipe.loading import (
 )
 from llmkit.recipe.schema import DEFAULT_METHOD, ONE_SOURCE_JSON_RULES, ZERO_STAGE_JSON_RULE, Recipe
 from llmkit.tasks import TASKS, Task, task_for
+from llmkit.training.stopping import check_stop_at
 
 RECIPES_DIR = Path("recipes")
 SKIPPED_DIRS = ("benchmarks",)
@@ -249,6 +250,7 @@ def _check_data(recipe: Recipe) -> str:
     task = task_for(recipe.task)
     labelled = task.load_splits(recipe.data, seed=recipe.train.seed)
     task.check_metrics(recipe.eval, labelled.label_names)
+    check_stop_at(recipe, task.metric_names(recipe.eval))
     rows = ", ".join(f"{split} {len(dataset)}" for split, dataset in labelled.splits.items())
     return f"data: {rows} rows; labels: {', '.join(labelled.label_names)}"
 

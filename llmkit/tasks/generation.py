@@ -424,6 +424,11 @@ class GenerationTask(Task):
             *(["--packing"] if options.packing else []),
         ]  # fmt: skip
 
+    def peer_expert_arguments(self, recipe: Recipe) -> list[str]:
+        # TRL's script has no length grouping; its speed option, packing, follows task.packing
+        # (peer_arguments), so that both sides compute the same sequences.
+        return []
+
     def _peer_template(self) -> tuple[str, str]:
         """The script's --input-col and --template (its one field written `{}`)."""
         import string

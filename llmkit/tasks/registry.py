@@ -227,6 +227,12 @@ class Task:
         assert recipe.data.validation_file is not None  # peer_problems says when it is missing
         return ["--dev", str(recipe.data.validation_file)]
 
+    def peer_expert_arguments(self, recipe: Recipe) -> list[str]:
+        """What a user who knows Trainer turns on by hand in the task's peer script, for the
+        bench's expert peer (`expert: true`; bf16 where llmkit trains in it is added for every
+        task): Trainer's length-grouped sampler, one flag that removes most of the padding."""
+        return ["--group-by-length"]
+
     def peer_problems(self, recipe: Recipe) -> list[str]:
         """Why the task's peer script cannot do what the recipe describes (empty when it can)."""
         return []

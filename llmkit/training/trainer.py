@@ -21,6 +21,7 @@ from llmkit.fsutil import dumps, move_into_place
 from llmkit.methods import get_method
 from llmkit.training.batching import BatchPlan
 from llmkit.training.precision import resolve_precision
+from llmkit.training.stopping import target_reached
 from llmkit.training.strategies import (
     prompt_encoder_is_sharded,
     trainer_arguments,
@@ -31,6 +32,8 @@ from llmkit.training.tracking import place_tracker_files, report_to
 # Trainer writes a checkpoint's files one by one; they are written here and renamed into place
 # when complete, so a kill while saving never leaves a checkpoint that looks complete.
 STAGING_DIR = ".staging"
+# Trainer's timing figures in an evaluation's metrics (kept out of train.evaluations).
+TIMING_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
 
 
 class TrainingDiverged(LlmkitError):
@@ -75,6 +78,15 @@ class LlmkitTrainer(Trainer):
     # labelled tokens per micro-batch, the fixed divisor of each micro-batch's summed token loss.
     labelled_tokens_per_micro_batch: float | None = None
     distiller: Distiller | None = None  # set when a teacher's cached logits come with the batches
+    # Every evaluation made during training: step, epoch, the training time before it (evaluation
+    # excluded) and the validation figures (results.json train.evaluations: time to accuracy).
+    evaluations: list[dict[str, Any]]
+    training_started: float | None = None  # when Trainer's training loop began (its train_runtime's start)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.evaluations = []
+        self.add_callback(_TrainingClock(self))
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)
@@ -186,12 +198,58 @@ class LlmkitTrainer(Trainer):
             if self.args.should_save:
                 self._save(output_dir or self.args.output_dir, state_dict=state_dict)
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+    def evaluate(self, eval_dataset: Any = None, *args: Any, **kwargs: Any) -> dict[str, float]:
         start = time.perf_counter()
+        trained_s = start - (self.training_started or start) - self.evaluation_seconds
         try:
-            return super().evaluate(*args, **kwargs)
+            metrics = super().evaluate(eval_dataset, *args, **kwargs)
         finally:
             self.evaluation_seconds += time.perf_counter() - start
+        if self.is_in_train and eval_dataset is None:  # the validation split, during training
+            self.evaluations.append(
+                {
+                    "step": self.state.global_step,
+                    "epoch": round(self.state.epoch or 0.0, 4),
+                    "training_s": round(trained_s, 3),
+                    **{
+                        key.removeprefix("eval_"): value
+                        for key, value in metrics.items()
+                        if key.startswith("eval_") and not key.endswith(TIMING_SUFFIXES)
+                    },
+                }
+            )
+        return metrics
+
+
+class _TrainingClock(TrainerCallback):
+    """Notes when the training loop begins, where Trainer starts the clock of its train_runtime."""
+
+    def __init__(self, trainer: LlmkitTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.trainer.evaluations = []
+        self.trainer.training_started = time.perf_counter()
+
+
+class StopAtTarget(TrainerCallback):
+    """Ends training once an evaluation reaches every target of eval.stop_at."""
+
+    def __init__(self, targets: dict[str, float]) -> None:
+        self.targets = targets
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if metrics and target_reached(metrics, self.targets):
+            control.should_training_stop = True
 
 
 class StepLog(TrainerCallback):
@@ -286,7 +344,8 @@ def training_arguments(
         max_grad_norm=train.max_grad_norm,
         seed=train.seed,
         data_seed=train.seed,
-        eval_strategy="epoch",
+        eval_strategy="steps" if recipe.eval.every_steps else "epoch",
+        eval_steps=recipe.eval.every_steps,
         save_strategy="no" if every is None else "epoch" if every == "epoch" else "steps",
         save_steps=every if isinstance(every, int) else 500,
         save_total_limit=train.keep_checkpoints,
@@ -341,7 +400,7 @@ def build_trainer(
         data_collator=collator,
         compute_metrics=task.compute_metrics(recipe.eval, label_names),
         preprocess_logits_for_metrics=task.logits_for_metrics(),
-        callbacks=[StepLog(log_path)],
+        callbacks=[StepLog(log_path), *([StopAtTarget(recipe.eval.stop_at)] if recipe.eval.stop_at else [])],
     )
     # Trainer passes a model whose forward takes **kwargs the batch's item count and then leaves
     # the loss undivided by the accumulation steps; a classification head ignores the count.
