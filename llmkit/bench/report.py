@@ -166,6 +166,7 @@ def write_markdown(
         "on the same model, rows and batch size. Peak MB: "
         f"{meta['peak_memory']}. Wall s: the whole run (loading, tokenising, training, "
         "evaluation, saving).",
+        "",
         *_time_to_target_section(meta, summaries),
         "## Checks",
         "",
