@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -73,24 +74,40 @@ def peaks_per_process(before_training: tuple[float, bool]) -> tuple[list[float],
     return whole, training if len(training) == len(gathered) else None
 
 
-def _local_bytes(tensor: Any) -> int:
-    """Bytes this process holds of a tensor: its own shard of a DTensor (FSDP2), else all of it."""
-    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-    return int(local.numel()) * int(local.element_size())
+def _local_tensor(tensor: Any) -> Any:
+    """What this process holds of a tensor: its own shard of a DTensor (FSDP2), else all of it."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-def training_state_mb_per_process(model: Any, optimizer: Any) -> list[float]:
-    """Every process's share of the training state, in rank order: the model's parameters and the
-    optimizer's state tensors (AdamW's two moments), counted from the tensors themselves. What
-    sharding divides, as exactly as the tensors say it, where resident memory cannot show it on
-    CPU (freed pages of the whole model loaded before sharding stay with the allocator). Gradients
-    are left out: Trainer frees them after every step. A collective in a process group."""
+def _distinct_bytes(tensors: Iterable[Any]) -> int:
+    """Bytes the tensors occupy, memory shared between them counted once: a sharding engine's
+    tensors can be views of one buffer (DeepSpeed's ZeRO-3 keeps each parameter's partition in
+    the flat buffer its optimizer updates)."""
+    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()) for t in tensors if t.numel())
+    total, covered_to = 0, 0
+    for start, end in spans:
+        total += max(0, end - max(start, covered_to))
+        covered_to = max(covered_to, end)
+    return total
+
+
+def training_state_mb_per_process(
+    model: Any, optimizer: Any, engine_tensors: Iterable[Any] = ()
+) -> list[float]:
+    """Every process's share of the training state, in rank order: the model's parameters, the
+    optimizer's state tensors (AdamW's two moments) and `engine_tensors`, what a sharding engine
+    holds beside them (llmkit.training.strategies.engine_tensors_at_rest), counted from the tensors
+    themselves. What sharding divides, as exactly as the tensors say it, where resident memory
+    cannot show it on CPU (freed pages of the whole model loaded before sharding stay with the
+    allocator). Gradients are left out: Trainer frees them after every step. A collective in a
+    process group."""
     import torch
     from accelerate.utils import gather_object
 
-    held = sum(_local_bytes(p) for p in model.parameters())
+    held = [_local_tensor(p) for p in model.parameters()]
     if optimizer is not None:
         for state in optimizer.state.values():
-            held += sum(_local_bytes(v) for v in state.values() if isinstance(v, torch.Tensor))
-    shares: list[float] = gather_object([round(held / 2**20, 3)])
+            held += [_local_tensor(v) for v in state.values() if isinstance(v, torch.Tensor)]
+    held += list(engine_tensors)
+    shares: list[float] = gather_object([round(_distinct_bytes(held) / 2**20, 3)])
     return shares

@@ -210,7 +210,12 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     from llmkit.models.parameters import base_model, parameter_counts
     from llmkit.training.flops import flops_per_example
     from llmkit.training.precision import resolve_precision
-    from llmkit.training.strategies import gathered_state_dict, plain_class_name, unsharded_prompt_encoder
+    from llmkit.training.strategies import (
+        engine_tensors_at_rest,
+        gathered_state_dict,
+        plain_class_name,
+        unsharded_prompt_encoder,
+    )
     from llmkit.training.trainer import build_trainer
     from llmkit.versions import run_versions
 
@@ -251,7 +256,9 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     tokens = sum(lengths) / len(lengths) * samples
     model_flops = flops_per_example(trainer.model, recipe.method, lengths) * samples
     peaks, training_peaks = peaks_per_process(before_training)
-    training_state = training_state_mb_per_process(trainer.model, trainer.optimizer)
+    training_state = training_state_mb_per_process(
+        trainer.model, trainer.optimizer, engine_tensors_at_rest(trainer, recipe.train.distributed)
+    )
 
     names = ("loss", *prepared.task.metric_names(recipe.eval))
     metrics = {"validation": _final_validation(trainer, names)}

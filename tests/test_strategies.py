@@ -1,14 +1,17 @@
-"""train.distributed: the recipe keys, the refusals before launch, the launcher command lines, and
-(on a CUDA machine: `gpu` tests) FSDP through the CLI for every method, its saved model reloaded
-and evaluated in one process.
+"""train.distributed: the recipe keys, the refusals before launch, the launcher command lines,
+FSDP through the CLI for every method (on a CUDA machine: `gpu` tests; on CPU with accelerate's
+GPU-only gate lifted), and DeepSpeed ZeRO on 2 CPU processes, each run's saved model reloaded and
+evaluated in one process.
 
-accelerate 1.15 turns its FSDP and DeepSpeed plugins on only for GPU process groups (on CPU it
-quietly trains DDP), so sharded training itself is tested where there is a GPU. One GPU is enough:
-FSDP over a process group of one runs the same code (fully_shard per layer, DTensor parameters,
-the full state dict gathered to save); two ranks cannot share one GPU under NCCL."""
+accelerate 1.15 turns its FSDP plugin on only for GPU process groups (on CPU it quietly trains
+DDP), so FSDP itself is tested where there is a GPU. One GPU is enough: FSDP over a process group
+of one runs the same code (fully_shard per layer, DTensor parameters, the full state dict gathered
+to save); two ranks cannot share one GPU under NCCL. DeepSpeed runs on CPU as it is (its CPU
+accelerator over gloo): those tests need only the deepspeed package."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,7 +27,7 @@ from llmkit.launch import Machines, launch_command
 from llmkit.recipe.schema import DistributedSection
 from llmkit.training.strategies import StrategyUnavailable, check_strategy, launcher_arguments
 
-from helpers import explain, failing_step_pythonpath, log_entries, results_of
+from helpers import explain, failing_step_pythonpath, log_entries, results_of, write_recipe
 
 # ----------------------------------------------------------------------------- recipe keys
 
@@ -62,34 +65,50 @@ def test_deepspeed_shards_parameters_at_stage_3_only() -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
-@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
-def test_a_sharded_strategy_on_cpu_is_refused_before_launching(
-    strategy: str, bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, cli: Any, tmp_path: Path
+def test_fsdp_on_cpu_is_refused_before_launching(
+    bert_checkpoint: Path, sentiment_data: Any, make_recipe: Any, cli: Any, tmp_path: Path
 ) -> None:
-    recipe = make_recipe(
-        bert_checkpoint, sentiment_data, "lora", train={"distributed": {"strategy": strategy}}
-    )
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "lora", train={"distributed": {"strategy": "fsdp"}})
     result = cli("finetune", recipe, "--num-processes", "2", "--output-dir", tmp_path / "run")
     assert result.exit_code == 2, explain(result)
-    assert f"train.distributed.strategy={strategy} needs CUDA GPUs" in result.stderr
-    assert "on CPU use train.distributed.strategy=ddp" in result.stderr
+    assert "train.distributed.strategy=fsdp needs CUDA GPUs" in result.stderr
+    assert "on CPU use train.distributed.strategy=ddp (the default), or deepspeed" in result.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_deepspeed_without_its_package_says_what_to_install(monkeypatch: Any) -> None:
+def _without_deepspeed(monkeypatch: Any) -> None:
     import importlib.util
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
         lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a),
     )
+
+
+def test_deepspeed_without_its_package_says_what_to_install(monkeypatch: Any) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    _without_deepspeed(monkeypatch)
     with pytest.raises(StrategyUnavailable) as refused:
         check_strategy(DistributedSection(strategy="deepspeed"))
-    assert "needs the deepspeed package (`pip install deepspeed`)" in str(refused.value)
+    assert "needs the deepspeed package (`pip install deepspeed`" in str(refused.value)
     assert "or use train.distributed.strategy=fsdp" in str(refused.value)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no FSDP to offer on CPU
+    with pytest.raises(StrategyUnavailable) as refused:
+        check_strategy(DistributedSection(strategy="deepspeed"))
+    assert "install deepspeed, or use train.distributed.strategy=ddp (the default)" in str(refused.value)
+
+
+def test_deepspeed_needs_no_gpu(monkeypatch: Any) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    check_strategy(DistributedSection(strategy="deepspeed"))
+    with pytest.raises(StrategyUnavailable, match="runs in processes started by accelerate's launcher"):
+        check_strategy(DistributedSection(strategy="deepspeed"), launched=False)
 
 
 def test_a_sharded_strategy_needs_the_launcher(monkeypatch: Any) -> None:
@@ -301,6 +320,113 @@ def test_fsdp_path_on_two_cpu_processes_with_accelerates_gpu_gate_lifted(
         p.name for p in (run_dir / "model").iterdir()
     }
     single = _single_process_evaluation(run_dir, gpt2_checkpoint)
+    validation = results["metrics"]["validation"]
+    assert single["rows"] == results["data"]["validation_rows"]
+    assert (validation["accuracy"], validation["f1"]) == (single["accuracy"], single["f1"])
+    assert validation["loss"] == pytest.approx(single["loss"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- DeepSpeed on CPU
+
+DEEPSPEED_TRAIN = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "eval_batch_size": 16}
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="DeepSpeed runs need the deepspeed package (`pip install deepspeed`, llmkit's deepspeed extra)",
+)
+
+
+def _finetune_on_two_cpu_processes(
+    recipe: Path, run_dir: Path, *flags: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = ["finetune", str(recipe), "--num-processes", "2", "--output-dir", str(run_dir), *flags]
+    return subprocess.run(
+        [sys.executable, "-m", "llmkit", *command],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(
+    bert_checkpoint: Path, sentiment_data: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The DeepSpeed tests' training under DDP on 2 CPU processes: its run directory."""
+    root = tmp_path_factory.mktemp("ddp-reference")
+    recipe = write_recipe(
+        root / "recipe.yaml", bert_checkpoint, sentiment_data, "full", train=DEEPSPEED_TRAIN
+    )
+    result = _finetune_on_two_cpu_processes(recipe, root / "run")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return root / "run"
+
+
+def _training_losses(run_dir: Path) -> list[float]:
+    return [e["loss"] for e in log_entries(run_dir) if "loss" in e and "eval_loss" not in e]
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("zero_stage", [2, None], ids=["zero2", "zero3-default"])
+def test_deepspeed_zero_on_two_cpu_processes_trains_as_ddp_and_saves_an_ordinary_checkpoint(
+    zero_stage: int | None,
+    ddp_reference: Path,
+    bert_checkpoint: Path,
+    sentiment_data: Any,
+    make_recipe: Any,
+    tmp_path: Path,
+) -> None:
+    """DeepSpeed ZeRO through the CLI on 2 CPU processes over gloo, unpatched. Each process holds
+    its partition of the optimizer state (stage 2) or of everything (stage 3), trains the loss
+    curve DDP trains, and the run saves the files a one-process run writes, which a one-process
+    evaluation scores exactly as the run did. The stage-3 run is interrupted after its first
+    checkpoint and resumed from it."""
+    distributed = {"strategy": "deepspeed", **({"zero_stage": zero_stage} if zero_stage else {})}
+    recipe = make_recipe(
+        bert_checkpoint, sentiment_data, "full", train={**DEEPSPEED_TRAIN, "distributed": distributed}
+    )
+    run_dir = tmp_path / "run"
+    if zero_stage is None:  # 25 steps an epoch: fails at step 30, after the first checkpoint
+        pythonpath = failing_step_pythonpath(tmp_path / "inject", step=30, message="interrupted at step 30")
+        failed = _finetune_on_two_cpu_processes(recipe, run_dir, env={"PYTHONPATH": pythonpath})
+        assert failed.returncode != 0 and "interrupted at step 30" in failed.stderr
+        # DeepSpeed's own checkpoint: every process's partition of the weights and optimizer state.
+        saved = [p.name for p in (run_dir / "checkpoints" / "checkpoint-25" / "global_step25").iterdir()]
+        assert sum("optim_states" in name for name in saved) == 2, saved
+        result = _finetune_on_two_cpu_processes(recipe, run_dir, "--resume")
+    else:
+        result = _finetune_on_two_cpu_processes(recipe, run_dir)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    results, reference = results_of(run_dir), results_of(ddp_reference)
+    train = results["train"]
+    assert (train["strategy"], train["distributed_type"], train["world_size"]) == (
+        "deepspeed",
+        "DEEPSPEED",
+        2,
+    )
+    assert train["resumed_from_step"] == (25 if zero_stage is None else None)
+    # Data parallel as DDP is: the same loss curve and metrics, to float rounding.
+    assert _training_losses(run_dir) == pytest.approx(_training_losses(ddp_reference), abs=1e-5)
+    for split in ("validation", "test"):
+        assert results["metrics"][split] == pytest.approx(reference["metrics"][split], abs=1e-5), split
+
+    # Per process, counted from the tensors: fp32 weights (4 bytes a parameter), ZeRO's fp32 copy
+    # of its partition for the optimizer (4; a copy on CPU) and AdamW's two moments (8). Stage 2
+    # splits the last two over the processes and keeps the weights whole; stage 3 splits all.
+    # DDP holds whole weights and moments in each.
+    parameters = results["parameters"]["total"]
+    expected_bytes = {2: 4 * parameters + (4 + 8) * parameters / 2, None: (4 + 4 + 8) * parameters / 2}
+    shares = train["training_state_mb_per_process"]
+    assert shares == pytest.approx([expected_bytes[zero_stage] / 2**20] * 2, rel=0.01)
+    ddp_shares = reference["train"]["training_state_mb_per_process"]
+    assert ddp_shares == pytest.approx([12 * parameters / 2**20] * 2, rel=0.01)
+
+    # The same files as a DDP run writes, with the same tensors in them.
+    model_files = sorted(p.name for p in (run_dir / "model").iterdir())
+    assert model_files == sorted(p.name for p in (ddp_reference / "model").iterdir())
+    _assert_same_tensor_shapes(run_dir / "model", ddp_reference / "model")
+    single = _single_process_evaluation(run_dir, bert_checkpoint)
     validation = results["metrics"]["validation"]
     assert single["rows"] == results["data"]["validation_rows"]
     assert (validation["accuracy"], validation["f1"]) == (single["accuracy"], single["f1"])

@@ -27,28 +27,30 @@ class StrategyUnavailable(LlmkitError):
 def check_strategy(distributed: DistributedSection, launched: bool = True) -> None:
     """Refuse, before anything is launched or loaded, a strategy this machine cannot run.
 
-    accelerate 1.15 turns its FSDP and DeepSpeed plugins on only for GPU process groups: on CPU it
-    silently trains plain DDP instead, so llmkit refuses rather than report a sharded run that was
-    not. Both need the processes accelerate's launcher starts (`launched`): a lone process has no
-    group to shard over."""
+    FSDP needs CUDA: accelerate 1.15 turns its FSDP plugin on only for GPU process groups, and on
+    CPU silently trains plain DDP instead, so llmkit refuses rather than report a sharded run that
+    was not. DeepSpeed needs its package, and runs on GPUs or CPUs: without CUDA its CPU
+    accelerator talks gloo (oneCCL where its bindings are installed), and accelerate hands Trainer
+    the DeepSpeed engine over the CPU process group llmkit starts. Both need the processes
+    accelerate's launcher starts (`launched`): a lone process has no group to shard over."""
     import torch
 
     strategy = distributed.strategy
     if strategy == "ddp":
         return
-    missing = []
-    if not torch.cuda.is_available():
-        missing.append("CUDA GPUs (accelerate runs it only on GPU process groups)")
-    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        missing.append("the deepspeed package (`pip install deepspeed`)")
-    if missing:
-        hint = (
-            "on CPU use train.distributed.strategy=ddp (the default)"
-            if not torch.cuda.is_available()
-            else "install deepspeed, or use train.distributed.strategy=fsdp, which needs only torch"
-        )
+    if strategy == "fsdp" and not torch.cuda.is_available():
         raise StrategyUnavailable(
-            f"train.distributed.strategy={strategy} needs {' and '.join(missing)}.", hint=hint
+            "train.distributed.strategy=fsdp needs CUDA GPUs "
+            "(accelerate runs it only on GPU process groups).",
+            hint="on CPU use train.distributed.strategy=ddp (the default), or deepspeed (ZeRO sharding, "
+            "with the deepspeed package)",
+        )
+    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        alternative = "fsdp, which needs only torch" if torch.cuda.is_available() else "ddp (the default)"
+        raise StrategyUnavailable(
+            "train.distributed.strategy=deepspeed needs the deepspeed package (`pip install deepspeed`, "
+            "or llmkit's `deepspeed` extra).",
+            hint=f"install deepspeed, or use train.distributed.strategy={alternative}",
         )
     if not launched:
         raise StrategyUnavailable(
@@ -118,7 +120,14 @@ def trainer_arguments(distributed: DistributedSection, model: Any) -> dict[str, 
                 "gradient_clipping": "auto",
                 "bf16": {"enabled": "auto"},
                 "fp16": {"enabled": "auto"},
-                "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
+                "zero_optimization": {
+                    "stage": stage,
+                    "stage3_gather_16bit_weights_on_model_save": True,
+                    # ZeRO-3 keeps whole on every process each parameter at most this big: Trainer
+                    # makes it 10 x the hidden size, so vectors stay whole and every weight matrix
+                    # is sharded (DeepSpeed's own 100k elements keeps a small model's all whole).
+                    "stage3_param_persistence_threshold": "auto",
+                },
             }
         }
     return {}
@@ -148,6 +157,27 @@ def gathered_state_dict(trainer: Any, distributed: DistributedSection) -> dict[s
     sharded = trainer.deepspeed if distributed.strategy == "deepspeed" else trainer.model
     state: dict[str, Any] = trainer.accelerator.get_state_dict(sharded)
     return state
+
+
+def engine_tensors_at_rest(trainer: Any, distributed: DistributedSection) -> list[Any]:
+    """What a sharding engine holds beside the model's parameters and the optimizer's state
+    between training steps, for the training state a run reports (llmkit.memory). DeepSpeed's
+    ZeRO keeps this process's partition of the weights in fp32 for its optimizer (a copy at
+    stages 1 and 2, where each process also holds the whole model; at stage 3 the partitions are
+    the parameters it holds). ZeRO-3 caches the parameters an evaluation gathered until the next
+    step releases them: they are released here first, as that step would. FSDP2 (which reshards
+    after every forward) and DDP hold nothing more."""
+    if distributed.strategy != "deepspeed":
+        return []
+    trainer.deepspeed.empty_partition_cache()
+    zero = trainer.deepspeed.optimizer
+    partitions = [
+        p.ds_tensor for p in trainer.model.parameters() if getattr(p, "ds_tensor", None) is not None
+    ]
+    masters = getattr(zero, "single_partition_of_fp32_groups", None) or getattr(
+        zero, "fp32_partitioned_groups_flat", []
+    )
+    return [*partitions, *masters]
 
 
 def prompt_encoder_is_sharded(model: Any) -> bool:
