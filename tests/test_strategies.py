@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -328,7 +329,8 @@ def test_fsdp_path_on_two_cpu_processes_with_accelerates_gpu_gate_lifted(
 
 # ----------------------------------------------------------------------------- DeepSpeed on CPU
 
-DEEPSPEED_TRAIN = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "eval_batch_size": 16}
+DEEPSPEED_TRAIN = {"epochs": 2, "batch_size": 8, "eval_batch_size": 16}
+DEEPSPEED_LEARNING_RATES = {"full": 1e-3, "lora": 2e-2}
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None,
     reason="DeepSpeed runs need the deepspeed package (`pip install deepspeed`, llmkit's deepspeed extra)",
@@ -348,18 +350,31 @@ def _finetune_on_two_cpu_processes(
     )
 
 
+def _deepspeed_test_train(method: str, distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The tests' train section for the method; `distributed` None: DDP."""
+    train = {**DEEPSPEED_TRAIN, "learning_rate": DEEPSPEED_LEARNING_RATES[method]}
+    return train if distributed is None else {**train, "distributed": distributed}
+
+
 @pytest.fixture(scope="module")
 def ddp_reference(
     bert_checkpoint: Path, sentiment_data: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """The DeepSpeed tests' training under DDP on 2 CPU processes: its run directory."""
-    root = tmp_path_factory.mktemp("ddp-reference")
-    recipe = write_recipe(
-        root / "recipe.yaml", bert_checkpoint, sentiment_data, "full", train=DEEPSPEED_TRAIN
-    )
-    result = _finetune_on_two_cpu_processes(recipe, root / "run")
-    assert result.returncode == 0, result.stderr[-4000:]
-    return root / "run"
+) -> Callable[[str], Path]:
+    """`ddp_reference(method)`: the run directory of the DeepSpeed tests' training for the method
+    under DDP on 2 CPU processes (trained once per module)."""
+    runs: dict[str, Path] = {}
+
+    def run(method: str) -> Path:
+        if method not in runs:
+            root = tmp_path_factory.mktemp(f"ddp-{method}")
+            train = _deepspeed_test_train(method)
+            recipe = write_recipe(root / "recipe.yaml", bert_checkpoint, sentiment_data, method, train=train)
+            result = _finetune_on_two_cpu_processes(recipe, root / "run")
+            assert result.returncode == 0, result.stderr[-4000:]
+            runs[method] = root / "run"
+        return runs[method]
+
+    return run
 
 
 def _training_losses(run_dir: Path) -> list[float]:
@@ -367,10 +382,15 @@ def _training_losses(run_dir: Path) -> list[float]:
 
 
 @needs_deepspeed
-@pytest.mark.parametrize("zero_stage", [2, None], ids=["zero2", "zero3-default"])
+@pytest.mark.parametrize(
+    ("method", "zero_stage"),
+    [("full", 2), ("full", None), ("lora", 3)],
+    ids=["full-zero2", "full-zero3-default-resumed", "lora-zero3"],
+)
 def test_deepspeed_zero_on_two_cpu_processes_trains_as_ddp_and_saves_an_ordinary_checkpoint(
+    method: str,
     zero_stage: int | None,
-    ddp_reference: Path,
+    ddp_reference: Callable[[str], Path],
     bert_checkpoint: Path,
     sentiment_data: Any,
     make_recipe: Any,
@@ -379,14 +399,15 @@ def test_deepspeed_zero_on_two_cpu_processes_trains_as_ddp_and_saves_an_ordinary
     """DeepSpeed ZeRO through the CLI on 2 CPU processes over gloo, unpatched. Each process holds
     its partition of the optimizer state (stage 2) or of everything (stage 3), trains the loss
     curve DDP trains, and the run saves the files a one-process run writes, which a one-process
-    evaluation scores exactly as the run did. The stage-3 run is interrupted after its first
-    checkpoint and resumed from it."""
+    evaluation scores exactly as the run did. The default (stage-3) run is interrupted after its
+    first checkpoint and resumed from it."""
     distributed = {"strategy": "deepspeed", **({"zero_stage": zero_stage} if zero_stage else {})}
     recipe = make_recipe(
-        bert_checkpoint, sentiment_data, "full", train={**DEEPSPEED_TRAIN, "distributed": distributed}
+        bert_checkpoint, sentiment_data, method, train=_deepspeed_test_train(method, distributed)
     )
     run_dir = tmp_path / "run"
-    if zero_stage is None:  # 25 steps an epoch: fails at step 30, after the first checkpoint
+    resumed = zero_stage is None
+    if resumed:  # 25 steps an epoch: fails at step 30, after the first checkpoint
         pythonpath = failing_step_pythonpath(tmp_path / "inject", step=30, message="interrupted at step 30")
         failed = _finetune_on_two_cpu_processes(recipe, run_dir, env={"PYTHONPATH": pythonpath})
         assert failed.returncode != 0 and "interrupted at step 30" in failed.stderr
@@ -398,34 +419,37 @@ def test_deepspeed_zero_on_two_cpu_processes_trains_as_ddp_and_saves_an_ordinary
         result = _finetune_on_two_cpu_processes(recipe, run_dir)
     assert result.returncode == 0, result.stderr[-4000:]
 
-    results, reference = results_of(run_dir), results_of(ddp_reference)
+    reference_dir = ddp_reference(method)
+    results, reference = results_of(run_dir), results_of(reference_dir)
     train = results["train"]
     assert (train["strategy"], train["distributed_type"], train["world_size"]) == (
         "deepspeed",
         "DEEPSPEED",
         2,
     )
-    assert train["resumed_from_step"] == (25 if zero_stage is None else None)
+    assert train["resumed_from_step"] == (25 if resumed else None)
     # Data parallel as DDP is: the same loss curve and metrics, to float rounding.
-    assert _training_losses(run_dir) == pytest.approx(_training_losses(ddp_reference), abs=1e-5)
+    assert _training_losses(run_dir) == pytest.approx(_training_losses(reference_dir), abs=1e-5)
     for split in ("validation", "test"):
         assert results["metrics"][split] == pytest.approx(reference["metrics"][split], abs=1e-5), split
 
-    # Per process, counted from the tensors: fp32 weights (4 bytes a parameter), ZeRO's fp32 copy
-    # of its partition for the optimizer (4; a copy on CPU) and AdamW's two moments (8). Stage 2
-    # splits the last two over the processes and keeps the weights whole; stage 3 splits all.
-    # DDP holds whole weights and moments in each.
-    parameters = results["parameters"]["total"]
-    expected_bytes = {2: 4 * parameters + (4 + 8) * parameters / 2, None: (4 + 4 + 8) * parameters / 2}
-    shares = train["training_state_mb_per_process"]
-    assert shares == pytest.approx([expected_bytes[zero_stage] / 2**20] * 2, rel=0.01)
-    ddp_shares = reference["train"]["training_state_mb_per_process"]
-    assert ddp_shares == pytest.approx([12 * parameters / 2**20] * 2, rel=0.01)
+    # Per process, counted from the tensors: fp32 weights (4 bytes a parameter), and for the
+    # trained parameters ZeRO's fp32 copy of its partition for the optimizer (4; a copy on CPU)
+    # and AdamW's two moments (8). Stage 2 splits the last two over the processes and keeps the
+    # weights whole; stage 3 splits all. DDP holds whole weights and moments in each.
+    counts = results["parameters"]
+    weights, optimizer = 4 * counts["total"], 12 * counts["trainable"]
+    held = weights / 2 + optimizer / 2 if zero_stage in (3, None) else weights + optimizer / 2
+    assert train["training_state_mb_per_process"] == pytest.approx([held / 2**20] * 2, rel=0.01)
+    ddp_held = weights + 8 * counts["trainable"]
+    assert reference["train"]["training_state_mb_per_process"] == pytest.approx(
+        [ddp_held / 2**20] * 2, rel=0.01
+    )
 
     # The same files as a DDP run writes, with the same tensors in them.
     model_files = sorted(p.name for p in (run_dir / "model").iterdir())
-    assert model_files == sorted(p.name for p in (ddp_reference / "model").iterdir())
-    _assert_same_tensor_shapes(run_dir / "model", ddp_reference / "model")
+    assert model_files == sorted(p.name for p in (reference_dir / "model").iterdir())
+    _assert_same_tensor_shapes(run_dir / "model", reference_dir / "model")
     single = _single_process_evaluation(run_dir, bert_checkpoint)
     validation = results["metrics"]["validation"]
     assert single["rows"] == results["data"]["validation_rows"]

@@ -17,11 +17,11 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the lock is made and t
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
-INSTALLED_EXTRAS = ("dev", "bench", "trackers")  # as the Makefile's install target names them
+INSTALLED_EXTRAS = ("dev", "bench", "trackers", "deepspeed")  # as the Makefile's install target names them
 
 
 def declared_requirements(pyproject: Path) -> list[Requirement]:
-    """The dependencies and the extras `make install` installs (dev, bench, trackers)."""
+    """The dependencies and the extras `make install` installs (INSTALLED_EXTRAS)."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     extras = project.get("optional-dependencies", {})
     texts = [*project["dependencies"], *(t for extra in INSTALLED_EXTRAS for t in extras.get(extra, []))]

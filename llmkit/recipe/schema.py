@@ -210,8 +210,8 @@ class DistributedSection(Section):
         "ddp",
         description="How several processes share the training: ddp (a full copy of the model in "
         "each, gradients averaged), fsdp (parameters, gradients and optimizer state sharded per "
-        "transformer layer: PyTorch FSDP2; CUDA GPUs) or deepspeed (ZeRO; CUDA GPUs and the "
-        "deepspeed package). fsdp and deepspeed always run under accelerate's launcher.",
+        "transformer layer: PyTorch FSDP2; CUDA GPUs) or deepspeed (DeepSpeed ZeRO; GPUs or CPUs, "
+        "with the deepspeed package). fsdp and deepspeed always run under accelerate's launcher.",
     )
     zero_stage: Literal[1, 2, 3] | None = Field(
         None,

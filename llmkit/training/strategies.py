@@ -29,9 +29,9 @@ def check_strategy(distributed: DistributedSection, launched: bool = True) -> No
 
     FSDP needs CUDA: accelerate 1.15 turns its FSDP plugin on only for GPU process groups, and on
     CPU silently trains plain DDP instead, so llmkit refuses rather than report a sharded run that
-    was not. DeepSpeed needs its package, and runs on GPUs or CPUs: without CUDA its CPU
-    accelerator talks gloo (oneCCL where its bindings are installed), and accelerate hands Trainer
-    the DeepSpeed engine over the CPU process group llmkit starts. Both need the processes
+    was not. DeepSpeed needs its package, and runs on GPUs or CPUs: without CUDA, accelerate
+    starts a gloo process group for the CPU processes and hands Trainer the DeepSpeed engine over
+    it (DeepSpeed's CPU accelerator). Both need the processes
     accelerate's launcher starts (`launched`): a lone process has no group to shard over."""
     import torch
 
