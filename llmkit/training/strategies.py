@@ -31,8 +31,8 @@ def check_strategy(distributed: DistributedSection, launched: bool = True) -> No
     CPU silently trains plain DDP instead, so llmkit refuses rather than report a sharded run that
     was not. DeepSpeed needs its package, and runs on GPUs or CPUs: without CUDA, accelerate
     starts a gloo process group for the CPU processes and hands Trainer the DeepSpeed engine over
-    it (DeepSpeed's CPU accelerator). Both need the processes
-    accelerate's launcher starts (`launched`): a lone process has no group to shard over."""
+    it (DeepSpeed's CPU accelerator). Both need the processes accelerate's launcher starts
+    (`launched`): a lone process has no group to shard over."""
     import torch
 
     strategy = distributed.strategy
@@ -162,11 +162,11 @@ def gathered_state_dict(trainer: Any, distributed: DistributedSection) -> dict[s
 def engine_tensors_at_rest(trainer: Any, distributed: DistributedSection) -> list[Any]:
     """What a sharding engine holds beside the model's parameters and the optimizer's state
     between training steps, for the training state a run reports (llmkit.memory). DeepSpeed's
-    ZeRO keeps this process's partition of the weights in fp32 for its optimizer (a copy at
-    stages 1 and 2, where each process also holds the whole model; at stage 3 the partitions are
-    the parameters it holds). ZeRO-3 caches the parameters an evaluation gathered until the next
-    step releases them: they are released here first, as that step would. FSDP2 (which reshards
-    after every forward) and DDP hold nothing more."""
+    ZeRO keeps its optimizer's fp32 copy of this process's partition of the trained weights, and
+    at stage 3 this process's partition of every parameter (`ds_tensor`; the parameters
+    themselves hold data only while gathered). ZeRO-3 keeps the parameters an evaluation
+    gathered until the next step releases them: they are released here first, as that step
+    would. FSDP2 (which reshards after every forward) and DDP hold nothing more."""
     if distributed.strategy != "deepspeed":
         return []
     trainer.deepspeed.empty_partition_cache()
