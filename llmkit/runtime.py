@@ -3,6 +3,7 @@ versions a run records are llmkit/versions.py's)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
@@ -27,4 +28,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # weight-loading bars; Trainer keeps its own
+    import torch
+
+    if not torch.cuda.is_available():
+        # DeepSpeed, when installed, is imported by accelerate in every run that saves a model; on
+        # finding no GPU it picks its CPU accelerator with a warning in each process. Named here,
+        # it picks the same one silently.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     datasets.logging.set_verbosity_error()

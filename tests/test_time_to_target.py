@@ -63,3 +63,37 @@ def test_a_target_on_a_metric_the_task_does_not_compute_is_refused(
     assert "eval.stop_at names 'bleu', which this task does not compute" in result.stderr
     assert "name the task's metrics: accuracy, f1" in result.stderr
     assert not (out / "model").exists()
+
+
+def test_warm_up_is_the_ratio_of_the_steps_up_to_max_warmup_steps() -> None:
+    from llmkit.recipe.schema import TrainSection
+    from llmkit.training.trainer import warmup_steps
+
+    default = TrainSection()
+    assert (default.warmup_ratio, default.max_warmup_steps) == (0.06, 50)
+    # A short run keeps the ratio, which Trainer turns into ceil(0.06 x steps): unchanged runs.
+    assert warmup_steps(default, 833) == 0.06  # 50 steps exactly
+    # A long run (SST-2's whole training set x 3 epochs: 6315 steps, 6% = 379) warms up 50.
+    assert warmup_steps(default, 6315) == 50
+    assert warmup_steps(TrainSection(max_warmup_steps=None), 6315) == 0.06
+    assert warmup_steps(TrainSection(max_steps=1000), None) == 50  # max_steps counts when set
+
+
+def test_a_long_warm_up_ratio_is_cut_to_max_warmup_steps_in_training(
+    make_recipe: Any, cli: Any, bert_checkpoint: Path, sentiment_data: DataFiles, tmp_path: Path
+) -> None:
+    from llmkit.training.batching import BatchPlan
+
+    train = {"epochs": 1, "batch_size": 8, "logging_steps": 1, "learning_rate": 1e-3, "warmup_ratio": 0.5}
+    recipe = make_recipe(bert_checkpoint, sentiment_data, "full", train=train)
+    out = tmp_path / "run"
+    result = cli("finetune", recipe, "train.max_warmup_steps=2", "--output-dir", out)
+    assert result.exit_code == 0, explain(result)
+    results = results_of(out)
+    steps = results["train"]["steps"]
+    # llmkit counts the run's steps as Trainer does (it decides whether the limit applies).
+    assert BatchPlan(1, 8, 1).optimizer_steps(results["data"]["train_rows"], 1) == steps
+    rates = [e["learning_rate"] for e in log_entries(out) if "learning_rate" in e]
+    # Warm-up over 2 steps (each entry is the rate after its step: 0, half, whole), then linear
+    # decay: the peak comes at once, not half way through as the ratio 0.5 would have it.
+    assert rates[:3] == [0.0, 5e-4, 1e-3] and 1e-3 > rates[3] > rates[-1] and steps > 10

@@ -3,6 +3,7 @@ CLI can check it before launching processes)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from llmkit.errors import LlmkitError
@@ -19,6 +20,12 @@ class BatchPlan:
     world_size: int
     micro_batch_size: int
     accumulation_steps: int
+
+    def optimizer_steps(self, rows: int, epochs: float) -> int:
+        """The optimizer steps of `epochs` over `rows` as Trainer counts them: each process's
+        micro batches of its share of the rows, over the accumulation steps."""
+        micro_batches = math.ceil(math.ceil(rows / self.world_size) / self.micro_batch_size)
+        return math.ceil(max(micro_batches // self.accumulation_steps, 1) * epochs)
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, world_size: int) -> BatchPlan:

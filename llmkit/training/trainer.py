@@ -4,6 +4,7 @@ run's step log."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
     from llmkit.distill.loss import Distiller
     from llmkit.distill.run import Distillation
-    from llmkit.recipe.schema import Recipe
+    from llmkit.recipe.schema import Recipe, TrainSection
     from llmkit.tasks import Task
 
 
@@ -310,12 +311,23 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     return Path(found) if found else None
 
 
+def warmup_steps(train: TrainSection, training_steps: int | None) -> float | int:
+    """Trainer's warmup_steps: the ratio (Trainer makes it ceil(ratio x its steps)), or
+    train.max_warmup_steps where the ratio of the run's `training_steps` would be longer."""
+    limit = train.max_warmup_steps
+    total = train.max_steps or training_steps
+    if limit is None or total is None or math.ceil(train.warmup_ratio * total) <= limit:
+        return train.warmup_ratio
+    return limit
+
+
 def training_arguments(
     recipe: Recipe,
     output_dir: Path,
     plan: BatchPlan,
     strategy: dict[str, Any] | None = None,
     keep_columns: bool = False,
+    training_steps: int | None = None,
 ) -> TrainingArguments:
     """`strategy`: the arguments of train.distributed.strategy (llmkit.training.strategies);
     `keep_columns`: hand every column of the training split to the collator (the teacher's cache
@@ -339,7 +351,7 @@ def training_arguments(
         use_cpu=not torch.cuda.is_available(),
         per_device_eval_batch_size=train.eval_batch_size,
         weight_decay=train.weight_decay,
-        warmup_steps=train.warmup_ratio,
+        warmup_steps=warmup_steps(train, training_steps),
         lr_scheduler_type=train.lr_scheduler,
         max_grad_norm=train.max_grad_norm,
         seed=train.seed,
@@ -394,7 +406,14 @@ def build_trainer(
         collator = DistillationCollator(collator, distillation.logits)
     trainer = LlmkitTrainer(
         model=model,
-        args=training_arguments(recipe, output_dir, plan, strategy, keep_columns=distillation is not None),
+        args=training_arguments(
+            recipe,
+            output_dir,
+            plan,
+            strategy,
+            keep_columns=distillation is not None,
+            training_steps=plan.optimizer_steps(len(train_dataset), recipe.train.epochs),
+        ),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
