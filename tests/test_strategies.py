@@ -156,6 +156,13 @@ def test_launch_command_per_strategy_and_machines(tmp_path: Path) -> None:
     config.write_text("num_processes: 4\n")
     own = _flags(launch_command(None, config, command))
     assert own == ["--config_file", str(config)]  # the file's processes and machines stand
+    # With a config file a strategy reaches accelerate through each process's environment: the
+    # launcher's --use_deepspeed beside a file made accelerate refuse the recipe's configuration.
+    sharded = DistributedSection(strategy="deepspeed", zero_stage=2)
+    assert _flags(launch_command(None, config, command, distributed=sharded)) == [
+        "--config_file",
+        str(config),
+    ]
 
 
 def test_ddp_launcher_arguments_leave_one_process_alone() -> None:
@@ -455,3 +462,31 @@ def test_deepspeed_zero_on_two_cpu_processes_trains_as_ddp_and_saves_an_ordinary
     assert single["rows"] == results["data"]["validation_rows"]
     assert (validation["accuracy"], validation["f1"]) == (single["accuracy"], single["f1"])
     assert validation["loss"] == pytest.approx(single["loss"], abs=1e-5)
+
+
+@needs_deepspeed
+def test_deepspeed_runs_through_an_accelerate_config_file(
+    ddp_reference: Callable[[str], Path], bert_checkpoint: Path, sentiment_data: Any, tmp_path: Path
+) -> None:
+    """`--accelerate-config FILE` (the processes and machines) with the recipe's strategy: the
+    run is DeepSpeed's, and trains as DDP does."""
+    distributed = {"strategy": "deepspeed", "zero_stage": 2}
+    train = _deepspeed_test_train("full", distributed)
+    recipe = write_recipe(tmp_path / "recipe.yaml", bert_checkpoint, sentiment_data, "full", train=train)
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(
+        "distributed_type: MULTI_GPU\nnum_machines: 1\nnum_processes: 2\nmixed_precision: 'no'\n"
+    )
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "llmkit", "finetune", str(recipe), "--accelerate-config", str(config),
+         "--output-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    train_results = results_of(run_dir)["train"]
+    assert (train_results["distributed_type"], train_results["world_size"]) == ("DEEPSPEED", 2)
+    assert _training_losses(run_dir) == pytest.approx(_training_losses(ddp_reference("full")), abs=1e-5)
