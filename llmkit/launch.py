@@ -102,12 +102,13 @@ def launch_command(
         launcher += ["--num_processes", str(world_size)]
     # One process per rank with torchrun; on a machine without CUDA the processes use the gloo
     # backend on CPU (see llmkit.pipeline.distributed_state).
-    if accelerate_config is None:
-        launcher += launcher_arguments(distributed or DistributedSection(), world_size)
-    # With a config file the strategy reaches accelerate through each process's environment
+    strategy = distributed or DistributedSection()
+    # With a config file a sharded strategy reaches accelerate through each process's environment
     # (strategies.set_process_environment), as under a user's own `accelerate launch`: the
     # launcher's --use_deepspeed beside a config file makes accelerate fill in DeepSpeed fields of
     # its own, which it then refuses beside the configuration Trainer is given from the recipe.
+    if accelerate_config is None or strategy.strategy == "ddp":
+        launcher += launcher_arguments(strategy, world_size)
     return [*launcher, "-m", "llmkit", *command]
 
 

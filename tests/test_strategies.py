@@ -286,18 +286,11 @@ def test_fsdp_path_on_two_cpu_processes_with_accelerates_gpu_gate_lifted(
     train = {**GPU_TRAIN, "epochs": 2, **GPU_METHODS[method], "distributed": {"strategy": "fsdp"}}
     recipe = make_recipe(gpt2_checkpoint, sentiment_data, method, train=train)
     pythonpath = os.pathsep.join(filter(None, [str(FSDP_ON_CPU), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "LLMKIT_TEST_FSDP_ON_CPU": "1", "PYTHONPATH": pythonpath}
+    env = {"LLMKIT_TEST_FSDP_ON_CPU": "1", "PYTHONPATH": pythonpath}
     run_dir = tmp_path / "run"
 
     def finetune(*flags: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-        command = ["finetune", str(recipe), "--num-processes", "2", "--output-dir", str(run_dir), *flags]
-        return subprocess.run(
-            [sys.executable, "-m", "llmkit", *command],
-            capture_output=True,
-            text=True,
-            timeout=LAUNCH_TIMEOUT_S,
-            env={**env, **extra_env},
-        )
+        return _finetune_on_two_cpu_processes(recipe, run_dir, *flags, env={**env, **extra_env})
 
     if method == "lora":  # 25 steps an epoch: fails at step 30, after the first checkpoint
         failed = finetune(LLMKIT_TEST_FAIL_AT_STEP="30")
@@ -344,17 +337,22 @@ needs_deepspeed = pytest.mark.skipif(
 )
 
 
-def _finetune_on_two_cpu_processes(
-    recipe: Path, run_dir: Path, *flags: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    command = ["finetune", str(recipe), "--num-processes", "2", "--output-dir", str(run_dir), *flags]
+def _llmkit_on_cpu(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`llmkit ARGS...` as a new process with the GPUs hidden (launched processes train on CPU)."""
     return subprocess.run(
-        [sys.executable, "-m", "llmkit", *command],
+        [sys.executable, "-m", "llmkit", *args],
         capture_output=True,
         text=True,
         timeout=LAUNCH_TIMEOUT_S,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})},
     )
+
+
+def _finetune_on_two_cpu_processes(
+    recipe: Path, run_dir: Path, *flags: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    command = ["finetune", str(recipe), "--num-processes", "2", "--output-dir", str(run_dir), *flags]
+    return _llmkit_on_cpu(*command, env=env)
 
 
 def _deepspeed_test_train(method: str, distributed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -478,14 +476,9 @@ def test_deepspeed_runs_through_an_accelerate_config_file(
         "distributed_type: MULTI_GPU\nnum_machines: 1\nnum_processes: 2\nmixed_precision: 'no'\n"
     )
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "llmkit", "finetune", str(recipe), "--accelerate-config", str(config),
-         "--output-dir", str(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=LAUNCH_TIMEOUT_S,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )  # fmt: skip
+    result = _llmkit_on_cpu(
+        "finetune", str(recipe), "--accelerate-config", str(config), "--output-dir", str(run_dir)
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     train_results = results_of(run_dir)["train"]
     assert (train_results["distributed_type"], train_results["world_size"]) == ("DEEPSPEED", 2)

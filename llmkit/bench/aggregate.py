@@ -132,19 +132,16 @@ def time_to_target(record: RunRecord, targets: dict[str, float]) -> float | None
 def _against_fastest_peer(summaries: dict[str, RunSummary], name: str, plan: BenchPlan) -> RunSummary:
     """An llmkit run's time to target against the fastest of its peers whose every seed reached it."""
     mine = summaries[name]
-    peers = [
-        summaries[peer.label]
-        for peer in plan.bench.peers_of(name)
-        if summaries[peer.label].reached_target
-        and not summaries[peer.label].failed_seeds
-        and summaries[peer.label].reached_target == len(summaries[peer.label].seeds)
+    timed = [
+        peer
+        for peer in (summaries[run.label] for run in plan.bench.peers_of(name))
+        if peer.seeds and not peer.failed_seeds and peer.reached_target == len(peer.seeds)
     ]
-    timed = [peer for peer in peers if peer.time_to_target_s.mean is not None]
     if not timed:
         return mine
     fastest = min(timed, key=lambda peer: peer.time_to_target_s.mean or 0.0)
     own = mine.time_to_target_s.mean
-    all_seeds = mine.reached_target == len(mine.seeds) and bool(mine.seeds)
+    all_seeds = bool(mine.seeds) and mine.reached_target == len(mine.seeds)
     ratio = float(f"{(fastest.time_to_target_s.mean or 0.0) / own:.4g}") if own and all_seeds else None
     return replace(mine, fastest_peer_to_target=fastest.name, time_to_target_ratio_vs_fastest_peer=ratio)
 
