@@ -3,6 +3,7 @@ versions a run records are llmkit/versions.py's)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -15,7 +16,21 @@ def distributed_state() -> Any:
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes > 1:
+        atexit.unregister(leave_process_group)  # once, however many times the state is asked for
+        atexit.register(leave_process_group)
+    return state
+
+
+def leave_process_group() -> None:
+    """Destroys the process group while the interpreter is still whole. Left to the interpreter's
+    shutdown, gloo's worker threads are torn down after Python's: the process can then abort
+    ("terminate called without an active exception") after its run completed, failing the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def quiet_libraries() -> None:

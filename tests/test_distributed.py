@@ -245,3 +245,31 @@ def test_world_size_warning_for_a_users_own_accelerate_launch() -> None:
     assert world_size_warning(1, {}) is None
     assert world_size_warning(2, {"LLMKIT_REQUESTED_PROCESSES": "2"}) is None
     assert "4 processes were requested" in (world_size_warning(2, {"LLMKIT_REQUESTED_PROCESSES": "4"}) or "")
+
+
+LEAVE_GROUP_SCRIPT = """
+import atexit, os, sys
+import torch.distributed as dist
+from llmkit.runtime import distributed_state
+
+state = distributed_state()
+distributed_state()  # asked for again, as Trainer's accelerator does
+assert state.num_processes == 2 and dist.is_initialized()
+atexit._run_exitfuncs()  # what the interpreter runs at exit, before it tears itself down
+print("left" if not dist.is_initialized() else "still in the group")
+"""
+
+
+def test_launched_processes_leave_their_process_group_before_the_interpreter_shuts_down(
+    tmp_path: Path,
+) -> None:
+    """A process group left to the interpreter's shutdown can abort a process whose run had
+    completed: gloo's threads outlive Python ("terminate called without an active exception", a
+    failed FSDP test run in CI). Each launched process leaves it at exit instead."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_GROUP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script)]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == ["left", "left"], result.stdout
