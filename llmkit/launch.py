@@ -89,6 +89,7 @@ def launch_command(
                 f"Accelerate config file '{accelerate_config}' does not exist.",
                 hint="write one with `accelerate config --config_file FILE`",
             )
+        check_config_file(accelerate_config, distributed or DistributedSection())
         launcher += ["--config_file", str(accelerate_config)]
     else:
         # Stated explicitly: accelerate otherwise warns about each default it fills in. Precision
@@ -110,6 +111,50 @@ def launch_command(
     if accelerate_config is None or strategy.strategy == "ddp":
         launcher += launcher_arguments(strategy, world_size)
     return [*launcher, "-m", "llmkit", *command]
+
+
+# What an accelerate config file may set up itself that the recipe's train.distributed decides:
+# the strategy each distributed_type and section stands for.
+STRATEGY_TYPES = {"DEEPSPEED": "deepspeed", "FSDP": "fsdp"}
+STRATEGY_SECTIONS = {"deepspeed_config": "deepspeed", "fsdp_config": "fsdp"}
+
+
+def check_config_file(path: Path, distributed: DistributedSection) -> None:
+    """Refuse, before launching, an accelerate config file that sets up DeepSpeed or FSDP itself:
+    the recipe decides the strategy, and accelerate either refuses a file's DeepSpeed settings
+    beside the ones Trainer is given from the recipe (a ValueError naming accelerate's fields) or
+    shards a run whose recipe says ddp. (`accelerate config` writes empty sections for the
+    strategies not chosen; those are fine.)"""
+    import yaml
+
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON files parse as YAML too
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise LlmkitError(
+            f"Accelerate config file '{path}' cannot be read: {exc}",
+            hint="write one with `accelerate config --config_file FILE`",
+        ) from None
+    if not isinstance(settings, dict):
+        raise LlmkitError(
+            f"Accelerate config file '{path}' is not a mapping of accelerate's settings.",
+            hint="write one with `accelerate config --config_file FILE`",
+        )
+    declared_type = str(settings.get("distributed_type", "")).upper()
+    sections = [key for key in STRATEGY_SECTIONS if settings.get(key)]
+    named = STRATEGY_TYPES.get(declared_type) or (STRATEGY_SECTIONS[sections[0]] if sections else None)
+    if named is None:
+        return
+    found = ([f"distributed_type: {declared_type}"] if declared_type in STRATEGY_TYPES else []) + sections
+    remove = " and ".join(sections)
+    raise LlmkitError(
+        f"Accelerate config file '{path}' sets up {named} itself ({', '.join(found)}), and llmkit takes "
+        f"the strategy from the recipe (train.distributed.strategy: {distributed.strategy}).",
+        hint="keep the file's machine and process settings with distributed_type: MULTI_GPU (torchrun; "
+        "CPU processes over gloo without CUDA)"
+        + (f" and remove {remove}" if remove else "")
+        + f"; choose the strategy in the recipe: train.distributed.strategy={named}"
+        + (" (and train.distributed.zero_stage=N)" if named == "deepspeed" else ""),
+    )
 
 
 def check_gpus_for(num_processes: int | None) -> None:

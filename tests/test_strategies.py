@@ -24,6 +24,7 @@ import pytest
 import torch
 from test_distributed import LAUNCH_TIMEOUT_S, _single_process_evaluation
 
+from llmkit.errors import LlmkitError
 from llmkit.launch import Machines, launch_command
 from llmkit.recipe.schema import DistributedSection
 from llmkit.training.strategies import StrategyUnavailable, check_strategy, launcher_arguments
@@ -168,6 +169,56 @@ def test_launch_command_per_strategy_and_machines(tmp_path: Path) -> None:
 def test_ddp_launcher_arguments_leave_one_process_alone() -> None:
     assert launcher_arguments(DistributedSection(), 1) == []
     assert launcher_arguments(DistributedSection(), None) == []  # an accelerate config file decides
+
+
+MACHINE_SETTINGS = "compute_environment: LOCAL_MACHINE\nnum_machines: 1\nnum_processes: 2\n"
+
+
+@pytest.mark.parametrize(
+    ("file_settings", "strategy", "named"),
+    [
+        ("distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 2\n", "deepspeed", "deepspeed"),
+        ("distributed_type: DEEPSPEED\ndeepspeed_config:\n  zero_stage: 2\n", "ddp", "deepspeed"),
+        ("distributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n", "ddp", "fsdp"),
+    ],
+)
+def test_an_accelerate_config_file_that_sets_up_a_strategy_is_refused_before_launching(
+    file_settings: str,
+    strategy: str,
+    named: str,
+    bert_checkpoint: Path,
+    sentiment_data: Any,
+    make_recipe: Any,
+    cli: Any,
+    tmp_path: Path,
+) -> None:
+    """The recipe decides the strategy. A file's own DeepSpeed section beside the recipe's made
+    accelerate raise a ValueError about its fields in every process; with a ddp recipe it would
+    shard a run that says it does not."""
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(MACHINE_SETTINGS + file_settings)
+    recipe = make_recipe(
+        bert_checkpoint, sentiment_data, "lora", train={"distributed": {"strategy": strategy}}
+    )
+    result = cli("finetune", recipe, "--accelerate-config", config, "--output-dir", tmp_path / "run")
+    assert result.exit_code == 2, explain(result)
+    assert f"Accelerate config file '{config}' sets up {named} itself" in result.stderr
+    assert f"train.distributed.strategy: {strategy})" in result.stderr
+    assert f"remove {named}_config" in result.stderr
+    assert f"train.distributed.strategy={named}" in result.stderr
+    assert not (tmp_path / "run").exists()
+    assert config.read_text() == MACHINE_SETTINGS + file_settings  # the user's file is left as it was
+
+
+def test_the_empty_strategy_sections_accelerate_config_writes_are_accepted(tmp_path: Path) -> None:
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(
+        MACHINE_SETTINGS + "distributed_type: MULTI_GPU\ndeepspeed_config: {}\nfsdp_config: {}\n"
+    )
+    assert _flags(launch_command(None, config, ["finetune", "r.yaml"])) == ["--config_file", str(config)]
+    config.write_text("- not\n- a mapping\n")
+    with pytest.raises(LlmkitError, match="is not a mapping of accelerate's settings"):
+        launch_command(None, config, ["finetune", "r.yaml"])
 
 
 # ----------------------------------------------------------------------------- FSDP on a GPU
