@@ -19,6 +19,8 @@ from llmkit.world_size import requested_env
 
 # Set in every launched process, so a launched command never launches again.
 LAUNCHED_ENV = "LLMKIT_LAUNCHED"
+# What to do about a missing or unreadable accelerate config file.
+WRITE_CONFIG_FILE = "write one with `accelerate config --config_file FILE`"
 
 
 def launched_by_accelerate() -> bool:
@@ -87,7 +89,7 @@ def launch_command(
         if not accelerate_config.is_file():
             raise LlmkitError(
                 f"Accelerate config file '{accelerate_config}' does not exist.",
-                hint="write one with `accelerate config --config_file FILE`",
+                hint=WRITE_CONFIG_FILE,
             )
         check_config_file(accelerate_config, distributed or DistributedSection())
         launcher += ["--config_file", str(accelerate_config)]
@@ -132,12 +134,12 @@ def check_config_file(path: Path, distributed: DistributedSection) -> None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise LlmkitError(
             f"Accelerate config file '{path}' cannot be read: {exc}",
-            hint="write one with `accelerate config --config_file FILE`",
+            hint=WRITE_CONFIG_FILE,
         ) from None
     if not isinstance(settings, dict):
         raise LlmkitError(
             f"Accelerate config file '{path}' is not a mapping of accelerate's settings.",
-            hint="write one with `accelerate config --config_file FILE`",
+            hint=WRITE_CONFIG_FILE,
         )
     declared_type = str(settings.get("distributed_type", "")).upper()
     sections = [key for key in STRATEGY_SECTIONS if settings.get(key)]
