@@ -73,7 +73,9 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     task.check_metrics(recipe.eval, labelled.label_names)
     check_stop_at(recipe, task.metric_names(recipe.eval))
     set_seed(recipe.train.seed)  # the new head and adapters start from the seed
-    loaded = load_classifier(recipe.model.checkpoint, labelled.label_names, recipe.model.revision, task)
+    loaded = load_classifier(
+        recipe.model.checkpoint, labelled.label_names, recipe.model.revision, task, recipe.model.dropout
+    )
     check_positions(loaded.model.config, recipe)
     check_tokenizer(loaded.tokenizer, labelled.splits["train"], recipe, task)
     model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)

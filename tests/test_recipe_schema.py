@@ -26,6 +26,8 @@ CORPUS: dict[str, tuple[str, bool]] = {
     "whole float for an integer": (HEAD + "method:\n  name: lora\n  r: 16.0\n", True),
     "fraction for an integer": (HEAD + "method:\n  name: lora\n  r: 16.5\n", False),
     "yes for a boolean": (HEAD + "train:\n  group_by_length: yes\n", False),
+    "model dropout written as 0": (HEAD.replace("MODEL\n", "MODEL\n  dropout: 0\n"), True),
+    "model dropout of 1": (HEAD.replace("MODEL\n", "MODEL\n  dropout: 1.0\n"), False),
     "false for a boolean": (HEAD + "train:\n  group_by_length: false\n", True),
     "method options without a name": (HEAD + "method:\n  r: 16\n", False),
     "unknown method": (HEAD + "method:\n  name: loar\n", False),

@@ -73,6 +73,8 @@ def peer_notes(recipe: Recipe, expert: bool = False) -> list[str]:
     if differing:
         notes.append(f"the script's {recipe.method.name} options differ: {', '.join(differing)}")
     notes += task_for(recipe.task).peer_notes(recipe)
+    if recipe.model.dropout is not None:
+        notes.append(f"the script keeps the checkpoint's dropout (llmkit here: {recipe.model.dropout:g})")
     from llmkit.training.precision import resolve_precision
 
     precision = resolve_precision(recipe.train.precision)

@@ -36,11 +36,17 @@ WEIGHTS_DTYPE = "float32"
 
 
 def load_classifier(
-    reference: str, label_names: list[str], revision: str | None = None, task: Task | None = None
+    reference: str,
+    label_names: list[str],
+    revision: str | None = None,
+    task: Task | None = None,
+    dropout: float | None = None,
 ) -> LoadedModel:
     """The checkpoint with a fresh head for `label_names`, built by the task's auto class
-    (sequence classification when `task` is None)."""
+    (sequence classification when `task` is None); every dropout at `dropout` unless None."""
     from transformers import AutoConfig
+
+    from llmkit.models.dropout import set_dropout
 
     task = _task_or_default(task)
     location = locate_checkpoint(reference)
@@ -51,6 +57,8 @@ def load_classifier(
         config.num_labels = len(label_names)
         config.id2label = dict(enumerate(label_names))
         config.label2id = {name: index for index, name in enumerate(label_names)}
+        if dropout is not None:
+            set_dropout(config, dropout, reference)
         tokenizer = task.adapt_tokenizer(load_tokenizer(source, revision))
         config.pad_token_id = tokenizer.pad_token_id
         model, info = task.auto_model_class().from_pretrained(

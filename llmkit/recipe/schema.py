@@ -53,6 +53,14 @@ class ModelSection(Section):
         "or package:MODULE/relative/path for a checkpoint shipped in an installed package."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Dropout probability for every dropout the model's configuration names (hidden, "
+        "attention, classifier...); leave out to keep the checkpoint's. 0 turns them off: faster "
+        "steps, and short fine-tuning often learns sooner.",
+    )
 
 
 def _extension_pattern() -> str:
