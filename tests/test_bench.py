@@ -540,6 +540,18 @@ def test_a_peer_run_can_be_limited_to_some_seeds(small_bench: Callable[..., Path
     assert [(run.name, run.seed) for run in plan.runs] == [("a", 1), ("a", 2), ("a-peer", 2)]
 
 
+def test_a_peer_notes_the_dropout_it_keeps(small_bench: Callable[..., Path], fake_peer: Path) -> None:
+    from llmkit.bench.loading import plan_bench
+    from llmkit.bench.peer import peer_notes
+
+    runs = [
+        {"name": "a", "recipe": "recipe.yaml", "overrides": {"model.dropout": 0.0}},
+        {"kind": "peer", "like": "a"},
+    ]
+    peer = plan_bench(small_bench(runs, peer_script=str(fake_peer))).runs[-1]
+    assert "the script keeps the checkpoint's dropout (llmkit here: 0)" in peer_notes(peer.recipe)
+
+
 def test_a_peer_run_gets_the_resolved_recipe(
     two_by_two: tuple[Path, Any], bert_checkpoint: Path, tsv_data: DataFiles
 ) -> None:
