@@ -54,10 +54,12 @@ class DryRun:
     output_dir_exists: bool
     plan: BatchPlan
     distillation: list[str]  # the teacher, the label-space check and the cache size; [] without one
+    dropout: dict[str, float | None]  # the model's dropout probabilities, by its configuration's names
 
 
 def dry_run(recipe: Recipe, num_processes: int = 1) -> DryRun:
     """What `finetune` (in `num_processes` processes) would do, without training."""
+    from llmkit.models.dropout import dropout_attributes
     from llmkit.models.parameters import base_model, parameter_counts
     from llmkit.pipeline import prepare
 
@@ -70,9 +72,11 @@ def dry_run(recipe: Recipe, num_processes: int = 1) -> DryRun:
     micro_batch = min(plan.micro_batch_size, len(train))
     tokens = max(lengths) + recipe.method.virtual_tokens
     output_dir = Path(recipe.output_dir) if recipe.output_dir is not None else None
+    config = base_model(prepared.model).config
     return DryRun(
         recipe=recipe,
         architecture=type(base_model(prepared.model)).__name__,
+        dropout={name: getattr(config, name) for name in dropout_attributes(config)},
         parameters=parameter_counts(prepared.model),
         rows={split: len(dataset) for split, dataset in prepared.splits.items()},
         example=example,
@@ -143,6 +147,7 @@ def describe(result: DryRun) -> str:
         f"task: {recipe.task.name}",
         f"model: {result.architecture}, method {recipe.method.name}: trainable parameters "
         f"{_count(params['trainable'])} of {_count(params['total'])} ({params['trainable_percent']:.2f}%)",
+        _dropout_line(result.dropout, recipe.model.dropout),
         f"data: {rows} rows; {result.truncated_rows} training rows cut at data.max_length "
         f"{recipe.data.max_length}",
         *result.example,
@@ -159,3 +164,11 @@ def describe(result: DryRun) -> str:
         + (" (exists: finetune needs --overwrite or --resume)" if result.output_dir_exists else ""),
     ]
     return "\n".join(lines)
+
+
+def _dropout_line(dropout: dict[str, float | None], requested: float | None) -> str:
+    source = "model.dropout" if requested is not None else "the checkpoint's; model.dropout sets them all"
+    if not dropout:
+        return "dropout: none in the model's configuration"
+    values = ", ".join(f"{name} {'null' if p is None else f'{p:g}'}" for name, p in dropout.items())
+    return f"dropout: {values} ({source})"

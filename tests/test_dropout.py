@@ -85,3 +85,26 @@ def test_a_run_trains_and_saves_the_model_without_dropout(
     saved = json.loads((run_dir / "model" / "config.json").read_text())
     assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == 0.0
     assert saved["classifier_dropout"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            [],
+            "dropout: attn_pdrop 0.1, embd_pdrop 0.1, resid_pdrop 0.1, summary_first_dropout 0.1 "
+            "(the checkpoint's; model.dropout sets them all)",
+        ),
+        (
+            ["model.dropout=0"],
+            "dropout: attn_pdrop 0, embd_pdrop 0, resid_pdrop 0, summary_first_dropout 0 (model.dropout)",
+        ),
+    ],
+)
+def test_the_dry_run_shows_the_dropout_the_model_gets(
+    gpt2_checkpoint: Path, sentiment_data: Any, make_recipe: Any, overrides: list[str], expected: str
+) -> None:
+    recipe = make_recipe(gpt2_checkpoint, sentiment_data)
+    result = invoke("finetune", recipe, *overrides, "--dry-run")
+    assert result.exit_code == 0, explain(result)
+    assert expected in result.stdout.splitlines()
