@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+def model_input_columns(encoded: Dataset) -> dict[str, list[Any]]:
+    """The split's model inputs as plain lists, read in one piece: a datasets Column read element
+    by element costs ~30 us a row (60 ms for SST-2's 872 dev rows, a third of predicting them with
+    a small model on a GPU); arrow's conversion of the whole column, ~4 ms."""
+    return encoded.select_columns([name for name in MODEL_INPUTS if name in encoded.column_names]).to_dict()
+
+
 def predict_logits(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
@@ -38,8 +45,7 @@ def predict_logits(
 
     from llmkit.training.precision import torch_dtype
 
-    # Plain lists: reading a datasets Column element by element costs ~35 us an access.
-    columns = {name: list(encoded[name]) for name in MODEL_INPUTS if name in encoded.column_names}
+    columns = model_input_columns(encoded)
     count = len(encoded)
     order = list(range(count))
     if sort_by_length:
@@ -106,7 +112,7 @@ def token_logits(
 
     from llmkit.training.precision import torch_dtype
 
-    columns = {name: list(encoded[name]) for name in MODEL_INPUTS if name in encoded.column_names}
+    columns = model_input_columns(encoded)
     count = len(encoded)
     order = list(range(count))
     if sort_by_length:

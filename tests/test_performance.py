@@ -148,3 +148,38 @@ def test_length_grouped_batches_come_in_random_order() -> None:
     assert 0.3 < descents / len(longest) < 0.7  # random order: about half the steps go down
     again = ShuffledLengthGroupedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(0))
     assert list(again) == order  # seeded: resuming replays the same order
+
+
+def test_rows_held_in_memory_are_tokenised_without_hashing_the_tokenizer(
+    bert_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """datasets names a map's result by pickling the function, tokenizer and vocabulary included
+    (0.15-0.45 s): worth it for files, whose tokenised copy is cached under that name, not for the
+    rows `predict` holds in memory."""
+    import datasets.arrow_dataset
+    from datasets import Dataset, load_dataset
+    from transformers import AutoTokenizer
+
+    from llmkit.data.tokenize import tokenize_split
+
+    tokenizer = AutoTokenizer.from_pretrained(bert_checkpoint)
+    hashed: list[Any] = []
+    original = datasets.arrow_dataset.update_fingerprint
+    monkeypatch.setattr(
+        datasets.arrow_dataset,
+        "update_fingerprint",
+        lambda fingerprint, transform, args: hashed.append(args) or original(fingerprint, transform, args),
+    )
+    in_memory = Dataset.from_dict({"text": ["good film", "bad film"]})
+    encoded = tokenize_split(in_memory, tokenizer, ["text"], 16, "input")
+    assert encoded["input_ids"] == tokenizer(["good film", "bad film"])["input_ids"]
+    assert not [args for args in hashed if "function" in args]  # map's function was not hashed
+
+    path = tmp_path / "rows.csv"
+    path.write_text("text\ngood film\nbad film\n", encoding="utf-8")
+    from_file = load_dataset("csv", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
+    first = tokenize_split(from_file, tokenizer, ["text"], 16, "input")
+    assert [args for args in hashed if "function" in args]
+    again = tokenize_split(from_file, tokenizer, ["text"], 16, "input")
+    assert first._fingerprint == again._fingerprint  # the same name: the cached copy is found
+    assert first.cache_files == again.cache_files
