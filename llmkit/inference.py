@@ -18,8 +18,9 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def model_input_columns(encoded: Dataset) -> dict[str, list[Any]]:
     """The split's model inputs as plain lists, read in one piece: a datasets Column read element
-    by element costs ~30 us a row (60 ms for SST-2's 872 dev rows, a third of predicting them with
-    a small model on a GPU); arrow's conversion of the whole column, ~4 ms."""
+    by element costs ~30 us a row (60 ms for SST-2's 872 dev rows, half of predicting them with a
+    one-layer model on CPU, where fixed costs show as they do for a small model on a GPU); arrow's
+    conversion of the whole column, ~4 ms."""
     return encoded.select_columns([name for name in MODEL_INPUTS if name in encoded.column_names]).to_dict()
 
 

@@ -26,7 +26,8 @@ def tokenize_split(
 
     drop = [c for c in dataset.column_names if c != LABELS]
     # datasets names the result by hashing `encode`, tokenizer included (it pickles the whole
-    # vocabulary: 0.15-0.45 s, more than predicting 872 SST-2 rows takes on a GPU). The name only
+    # vocabulary: 0.15-0.45 s, more than predicting 872 SST-2 rows then takes with a one-layer
+    # model on CPU, where fixed costs show as they do for a small model on a GPU). The name only
     # keys a cache file, which a dataset held in memory (the rows `llmkit predict` reads) never
     # writes; datasets read from files keep their cache, and so the hash.
     fingerprint = None if dataset.cache_files else secrets.token_hex(16)

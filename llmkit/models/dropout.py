@@ -7,8 +7,8 @@ modules read them once, when they are built, so they are set on the configuratio
 
 Why a recipe turns them off: each one draws a random mask per call, serially on one core (9% of a
 MiniLM full fine-tuning step on CPU, 20% of a LoRA step with the adapters' own), and a short
-fine-tuning run from a pretrained checkpoint often learns faster without them (docs/
-bench-sst2-expert-cpu.md has the figures).
+fine-tuning run from a pretrained checkpoint often learns faster without them
+(docs/bench-sst2-expert-cpu.md has the figures).
 """
 
 from __future__ import annotations
