@@ -157,7 +157,7 @@ def write_markdown(
         "script with what a user who knows Trainer turns on by hand (length-grouped batches; bf16 "
         "where llmkit trains in bf16): the ratio a speed claim must win. **untuned** runs: the model "
         "evaluated as loaded, before any training. **MFU**: model FLOP/s "
-        "(the least arithmetic training needs: per real token 6 FLOPs per weight for full "
+        "(the model's arithmetic in training: per real token 6 FLOPs per weight for full "
         "fine-tuning, 4 for LoRA/prefix/prompt, whose gradients still cross the frozen backbone, "
         "plus attention; see llmkit/training/flops.py; the peer's: the same FLOPs per sample at its "
         f"samples/s) over this machine's matmul peak in the run's precision, {_peaks(meta)}. "

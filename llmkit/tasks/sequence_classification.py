@@ -98,10 +98,15 @@ class SequenceClassification(Task):
             )
 
     def adapt_model(self, model: PreTrainedModel, traits: ModelTraits) -> None:
+        from llmkit.models.first_position import compute_only_first_position
         from llmkit.models.pooling import use_last_real_token
 
         if traits.is_decoder:
             use_last_real_token(model)
+        else:
+            # Only the logits are read here, so an encoder's last layer can skip the positions
+            # its head never reads.
+            compute_only_first_position(model)
 
     # ---------------------------------------------------------------- data
     def load_splits(

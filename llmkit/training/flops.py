@@ -1,5 +1,5 @@
-"""The arithmetic a training run must do at the least: model FLOPs, the figure model FLOPs
-utilisation (MFU) divides by the machine's matmul peak.
+"""The model's arithmetic in a training run: model FLOPs, the figure model FLOPs utilisation
+(MFU) divides by the machine's matmul peak.
 
 Counted per example from its real tokens (padding is waste, not work), over the matrix
 multiplications a perfect implementation cannot avoid:
@@ -13,7 +13,10 @@ multiplications a perfect implementation cannot avoid:
   context forward, and twice that backward. Prompt tuning's virtual tokens are tokens of the
   sequence; prefix tuning's lengthen only the context.
 Embedding lookups and the classification head (once per example) are not matrix work of size
-and are left out, as in Kaplan et al. (2020) and PaLM's MFU (Chowdhery et al., 2022)."""
+and are left out, as in Kaplan et al. (2020) and PaLM's MFU (Chowdhery et al., 2022).
+The count is the model's, whatever llmkit skips: a BERT-style classifier's last layer is counted
+at every position though llmkit computes it at the first only (llmkit/models/first_position.py),
+so MFU also credits that saving, and llmkit's and a peer script's figures count the same work."""
 
 from __future__ import annotations
 
