@@ -476,7 +476,8 @@ def test_time_to_target_for_llmkit_runs_and_a_sweep_of_peers(
     peer_bench: Callable[..., Path], fake_peer: Path, tmp_path: Path
 ) -> None:
     runs = [
-        {"name": "a", "recipe": "recipe.yaml", "overrides": {"eval.every_steps": 2}},
+        # Epochs enough for the tiny model to learn whatever the seed's draws (LEARNS has 8).
+        {"name": "a", "recipe": "recipe.yaml", "overrides": {"eval.every_steps": 5, "train.epochs": 4}},
         {"kind": "peer", "like": "a", "expert": True},
         # The fake script reaches accuracy 0.75 below lr 0.05, 0.5 above.
         {"kind": "peer", "like": "a", "name": "fast-lr", "overrides": {"train.learning_rate": 0.1}},

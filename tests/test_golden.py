@@ -13,14 +13,16 @@ from helpers import DataFiles, explain, log_entries, results_of
 
 # Per-step training losses of seeded two-step runs on the tiny checkpoints, and the validation loss
 # after them (torch 2.13 CPU with one thread; recorded again when llmkit began handing out its
-# length-grouped training batches in random order rather than longest first). Recorded by running
+# length-grouped training batches in random order rather than longest first, and for BERT when its
+# last layer began computing only the position the classifier reads: the same function, but its
+# dropout draws fewer random numbers, so the masks after it differ). Recorded by running
 # the test once: when a change to llmkit moves them on purpose, record the new values and say why
 # in the commit.
 GOLDEN: dict[tuple[str, str], dict[str, Any]] = {
     ("bert", "full"): {
         "learning_rate": 1e-3,
-        "losses": [0.6896375417709351, 0.708997368812561],
-        "validation_loss": 0.6939067244529724,
+        "losses": [0.6903713941574097, 0.7081647515296936],
+        "validation_loss": 0.6934505105018616,
     },
     ("gpt2", "lora"): {
         "learning_rate": 1e-2,

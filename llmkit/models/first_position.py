@@ -13,6 +13,8 @@ implementation are the ones the model uses). The logits are the model's (equal u
 floating-point sums); weights, their names and the configuration are untouched, so a saved model
 loads and runs in plain transformers unchanged. The last layer's output then has one position,
 which is why only tasks that read nothing but the logits ask for this (sequence classification).
+With dropout on, that layer draws fewer random numbers (masks for one position), so a seeded run's
+later masks differ from plain transformers' run of the same seed: the same model, other draws.
 """
 
 from __future__ import annotations
