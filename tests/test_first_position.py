@@ -118,6 +118,57 @@ def test_every_listed_encoder_family_gives_its_own_logits_and_gradients(model_ty
     assert_same_computation(model, reference, {"input_ids": input_ids, "attention_mask": attention_mask})
 
 
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_both_cpu_attention_implementations_give_the_models_logits(
+    bert_checkpoint: Path, implementation: str
+) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from llmkit.models.first_position import compute_only_first_position
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        bert_checkpoint, num_labels=2, attn_implementation=implementation
+    )
+    reference = copy.deepcopy(model)
+    assert compute_only_first_position(model)
+    batch = dict(tokenizer_of(bert_checkpoint)(TEXTS, padding=True, return_tensors="pt"))
+    assert_same_computation(model, reference, batch)
+
+
+def test_other_attention_implementations_run_the_layers_own_forward(
+    bert_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Masks this module does not know how to cut to one query (flash, flex) get every position."""
+    import torch
+
+    from llmkit.models import first_position
+
+    model = first_position_model(bert_checkpoint)
+    monkeypatch.setattr(first_position, "FIRST_POSITION_ATTENTION", frozenset())
+    batch = dict(tokenizer_of(bert_checkpoint)(TEXTS, padding=True, return_tensors="pt"))
+    model.eval()
+    with torch.no_grad():
+        hidden = model.base_model(**batch).last_hidden_state
+    assert hidden.shape[1] == batch["input_ids"].shape[1]
+    assert_same_computation(model, full_last_layer(model), batch)
+
+
+def tokenizer_of(checkpoint: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(checkpoint)
+
+
+def first_position_model(checkpoint: Path) -> Any:
+    from transformers import AutoModelForSequenceClassification
+
+    from llmkit.models.first_position import compute_only_first_position
+
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
+    assert compute_only_first_position(model)
+    return model
+
+
 def test_models_whose_head_reads_other_positions_are_left_alone(
     bert_checkpoint: Path, gpt2_checkpoint: Path
 ) -> None:

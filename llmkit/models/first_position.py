@@ -41,6 +41,11 @@ FIRST_POSITION_CLASSIFIERS = frozenset(
 )
 
 
+# Attention implementations whose masks (none, or a tensor with a row per query) this module cuts
+# to the first position's row; others run the layer's own forward.
+FIRST_POSITION_ATTENTION = frozenset({"eager", "sdpa"})
+
+
 def compute_only_first_position(model: PreTrainedModel) -> bool:
     """Make the last encoder layer of a first-position classifier compute that position only.
     Returns whether it did (other models are left as they are)."""
@@ -88,11 +93,29 @@ def _first_position_forward(
 ) -> Tensor:
     """BertLayer.forward for the first position's output only (what BertSelfAttention,
     BertSelfOutput and the feed-forward chunk do, with queries from that position alone)."""
+    import torch
     from transformers.cache_utils import EncoderDecoderCache
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from transformers.pytorch_utils import apply_chunking_to_forward
 
     attention: Any = self.attention.self
+    cache = cache if cache is not None else past_key_values
+    implementation = attention.config._attn_implementation
+    if implementation not in FIRST_POSITION_ATTENTION or not (
+        attention_mask is None or isinstance(attention_mask, torch.Tensor)
+    ):
+        # Another attention implementation (flash, flex with its block masks) takes masks this
+        # module does not cut to one query: the layer's own forward, every position.
+        layer_forward: Tensor = type(self).forward(
+            self,
+            hidden_states,
+            attention_mask,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            cache=cache,
+            **kwargs,
+        )
+        return layer_forward
     batch, length = hidden_states.shape[:2]
     first = hidden_states[:, :1]
 
@@ -102,13 +125,11 @@ def _first_position_forward(
     query = heads(attention.query(first), 1)
     key = heads(attention.key(hidden_states), length)
     value = heads(attention.value(hidden_states), length)
-    cache = cache if cache is not None else past_key_values
     if cache is not None:  # prefix tuning's trained keys and values come in as a cache
         self_attention_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
         key, value = self_attention_cache.update(key, value, attention.layer_idx, kwargs=kwargs)
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
         attention_mask = attention_mask[:, :, :1]  # the mask's row for the first position's query
-    implementation = attention.config._attn_implementation
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, _eager_attention(attention))
     attended, _ = attend(
         attention,
