@@ -122,32 +122,47 @@ def test_profile_accounts_for_a_training_steps_time(
     report = profile_training(recipe, ["train.batch_size=8"], steps=3)
     assert "3 steps profiled after 2 warm-up steps" in report
     assert "| matrix multiplication |" in report and "| optimizer |" in report
+    operators = report.split("operators | calls a step | self CPU s | share |")[1].splitlines()[2:]
+    assert len(operators) == 12 and any(line.startswith("| aten::") for line in operators)
     padding = float(report.split("padding: ")[1].split("%")[0])
     assert 0 <= padding < 100
 
 
-def test_length_grouped_batches_come_in_random_order() -> None:
+def _padding_share(lengths: list[int], order: list[int], size: int) -> float:
+    batches = [[lengths[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
+    return 1 - sum(map(sum, batches)) / sum(max(batch) * len(batch) for batch in batches)
+
+
+def test_length_sorted_batches_pad_least_and_come_in_random_order() -> None:
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    from llmkit.training.trainer import ShuffledLengthGroupedSampler
+    from llmkit.training.trainer import LengthSortedSampler
 
     lengths = [(7 * i) % 61 + 1 for i in range(1000)]  # 1000 examples, 1 to 61 tokens
     size = 16
-    sampler = ShuffledLengthGroupedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(0))
+    sampler = LengthSortedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(0))
     order = list(sampler)
     assert sorted(order) == list(range(1000))  # every example once
     batches = [order[start : start + size] for start in range(0, 1000, size)]
-    grouped = get_length_grouped_indices(lengths, size, generator=torch.Generator().manual_seed(0))
-    trainers = [grouped[start : start + size] for start in range(0, 1000, size)]
-    # The same batches as Trainer's grouping (so the same padding), the longest first and the
-    # partial one last, the others no longer longest-to-shortest within each mega-batch.
-    assert sorted(map(sorted, batches)) == sorted(map(sorted, trainers))
-    assert batches[0] == trainers[0] and batches[-1] == trainers[-1] and len(batches[-1]) == 1000 % size
+    # The whole set sorted: no two batches' length ranges overlap, so the padding is the least
+    # any batching of these examples can have; Trainer's mega-batches leave far more.
+    spans = sorted((min(lengths[i] for i in batch), max(lengths[i] for i in batch)) for batch in batches)
+    assert all(high <= next_low for (_, high), (next_low, _) in itertools.pairwise(spans))
+    trainers = get_length_grouped_indices(lengths, size, generator=torch.Generator().manual_seed(0))
+    sorted_padding = _padding_share(lengths, order, size)
+    trainers_padding = _padding_share(lengths, trainers, size)
+    assert sorted_padding < 0.02 and trainers_padding > 3 * sorted_padding, (sorted_padding, trainers_padding)
+    # The longest batch first (running out of memory happens at once), the partial one last.
+    assert {lengths[i] for i in batches[0]} == {61} and len(batches[-1]) == 1000 % size
+    assert {lengths[i] for i in batches[-1]} == {1}
     longest = [max(lengths[i] for i in batch) for batch in batches[1:-1]]
     descents = sum(a > b for a, b in itertools.pairwise(longest))
     assert 0.3 < descents / len(longest) < 0.7  # random order: about half the steps go down
-    again = ShuffledLengthGroupedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(0))
+    again = LengthSortedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(0))
     assert list(again) == order  # seeded: resuming replays the same order
+    # Ties fall in a new random order each epoch: a batch is a fresh sample of its length's examples.
+    next_epoch = list(sampler)
+    assert sorted(next_epoch[start : start + size] for start in range(0, 1000, size)) != sorted(batches)
 
 
 def test_rows_held_in_memory_are_tokenised_without_hashing_the_tokenizer(
