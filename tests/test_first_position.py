@@ -204,3 +204,52 @@ def test_saved_model_is_plain_transformers_and_scores_the_same(bert_checkpoint: 
     plain.eval()
     with torch.no_grad():
         assert_close(loaded.model(**batch).logits, plain(**batch).logits, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt"])
+def test_the_shortcut_comes_off_for_a_plain_transformers_reference(
+    bert_checkpoint: Path, method: str
+) -> None:
+    """The reference a pipeline's speed is measured with is the model as plain transformers runs
+    it: compute_every_position finds the shortcut through a PEFT wrapper and takes it off."""
+    from torch.testing import assert_close
+
+    from llmkit.methods import get_method
+    from llmkit.models.first_position import compute_every_position
+    from llmkit.models.loading import load_classifier
+
+    loaded = load_classifier(str(bert_checkpoint), ["negative", "positive"])
+    spec = get_method(method)
+    model = spec.wrap(loaded.model, spec.options(), loaded.traits).eval()
+    batch = dict(loaded.tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    shortcut_logits = model(**batch).logits
+    assert compute_every_position(model)
+    assert "forward" not in vars(last_layer(loaded.model))
+    assert_close(model(**batch).logits, shortcut_logits, atol=TOLERANCE, rtol=0)
+    assert not compute_every_position(model)  # nothing left to undo
+
+
+def test_prediction_speed_is_compared_with_a_pipeline_on_the_plain_model(
+    matrix_runs: Any, sentiment_data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    from llmkit.bench.inference_speed import compare_with_pipeline
+    from llmkit.models.first_position import _first_position_forward
+
+    run = matrix_runs("bert", "full")
+    given: list[Any] = []
+    real_pipeline = transformers.pipeline
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        given.append(kwargs["model"])
+        return real_pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(transformers, "pipeline", spy)
+    result = compare_with_pipeline(run.run_dir, sentiment_data.validation)
+    (model,) = given
+    assert not any(
+        getattr(vars(module).get("forward"), "__func__", None) is _first_position_forward
+        for module in model.modules()
+    ), "the pipeline must run the model as plain transformers does, every position"
+    assert result["label_agreement"] == 1.0

@@ -1,6 +1,8 @@
 """Inference throughput of a trained run: `llmkit predict`'s engine (the one `llmkit evaluate` uses
 too) against a transformers `pipeline("text-classification")` on the same loaded model, the same
-rows and the same batch size, in this process, one after the other."""
+rows and the same batch size, in this process, one after the other. The pipeline gets the model as
+plain transformers computes it: llmkit's last-layer shortcut (llmkit/models/first_position.py) is
+taken off before it runs, since a user's pipeline does not have it."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ def compare_with_pipeline(run_dir: Path, rows_file: Path, batch_size: int | None
     """Rows/s of both on every row of `rows_file`, and how often their labels agree."""
     from transformers import pipeline
 
+    from llmkit.models.first_position import compute_every_position
     from llmkit.runs import load_model, read_run
     from llmkit.tasks.sequence_classification import predict_probabilities
 
@@ -28,13 +31,6 @@ def compare_with_pipeline(run_dir: Path, rows_file: Path, batch_size: int | None
     loaded = load_model(trained)
     batch_size = batch_size or trained.recipe.train.eval_batch_size
     tokenizer: Any = loaded.tokenizer  # the pipeline's type hints name concrete tokenizer classes
-    # Left out of the pipeline's timing: building it wraps the loaded model, nothing per row.
-    classifier = pipeline(
-        "text-classification",
-        model=loaded.model,
-        tokenizer=tokenizer,
-        device=next(loaded.model.parameters()).device,
-    )
     if len(data.text_columns) == 1:
         inputs: list[Any] = list(dataset[data.text_columns[0]])
     else:
@@ -47,12 +43,22 @@ def compare_with_pipeline(run_dir: Path, rows_file: Path, batch_size: int | None
             loaded.model, loaded.tokenizer, rows, data, batch_size, trained.recipe.train.precision
         )
 
+    ours(dataset.select(range(min(WARM_UP_ROWS, len(dataset)))))
+    llmkit_seconds, probabilities = _timed(lambda: ours(dataset))
+
+    compute_every_position(loaded.model)
+    # Left out of the pipeline's timing: building it wraps the loaded model, nothing per row.
+    classifier = pipeline(
+        "text-classification",
+        model=loaded.model,
+        tokenizer=tokenizer,
+        device=next(loaded.model.parameters()).device,
+    )
+
     def theirs(rows: list[Any]) -> list[Any]:
         return list(classifier(rows, **options))
 
-    ours(dataset.select(range(min(WARM_UP_ROWS, len(dataset)))))
     theirs(inputs[:WARM_UP_ROWS])
-    llmkit_seconds, probabilities = _timed(lambda: ours(dataset))
     pipeline_seconds, outputs = _timed(lambda: theirs(inputs))
 
     label_ids = loaded.model.config.label2id

@@ -163,7 +163,8 @@ def write_markdown(
         f"samples/s) over this machine's matmul peak in the run's precision, {_peaks(meta)}. "
         "**predict rows/s**, **x pipeline**: `llmkit predict`'s rows/s on the validation rows "
         "(first seed's model) and its ratio to a transformers `pipeline('text-classification')` "
-        "on the same model, rows and batch size. Peak MB: "
+        "on the same model as plain transformers computes it (llmkit's last-layer shortcut taken "
+        "off), rows and batch size. Peak MB: "
         f"{meta['peak_memory']}. Wall s: the whole run (loading, tokenising, training, "
         "evaluation, saving).",
         "",

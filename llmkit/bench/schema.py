@@ -141,7 +141,8 @@ class LlmkitRun(RunBase):
     measure_inference: bool = Field(
         False,
         description="After the first seed's training: `llmkit predict`'s rows/s against a transformers "
-        "pipeline('text-classification') on the same model, validation rows and batch size.",
+        "pipeline('text-classification') on the same model (as plain transformers computes it), "
+        "validation rows and batch size.",
     )
     uses: dict[str, str] = Field(
         default_factory=dict,
