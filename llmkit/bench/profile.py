@@ -1,7 +1,8 @@
 """Where a training step's time goes: `python -m llmkit.bench.profile RECIPE [KEY=VALUE ...]
 [--steps N]` prepares the recipe as `llmkit finetune` does (same model, method, data and
 Trainer), trains N steps under torch's profiler after two warm-up steps, and prints the operators
-by self time, grouped into families, with the share of the batches' tokens that were padding.
+by self time, grouped into families and the single ones with the most, with the share of the
+batches' tokens that were padding.
 Nothing is written besides a scratch directory that is removed."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ FAMILIES = (
     ("embedding", ("embedding", "index_select", "gather", "index")),
 )
 WARM_UP_STEPS = 2
+TOP_OPERATORS = 12  # the single operators behind a family's share
 
 
 def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str:
@@ -69,6 +71,12 @@ def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str
         "| --- | --- | --- |",
     ]
     lines += [f"| {name} | {seconds:.2f} | {seconds / total:.1%} |" for name, seconds in table.items()]
+    lines += ["", f"| top {TOP_OPERATORS} operators | calls a step | self CPU s | share |"]
+    lines += ["| --- | --- | --- | --- |"]
+    lines += [
+        f"| {name} | {calls / steps:.0f} | {seconds:.2f} | {seconds / total:.1%} |"
+        for name, calls, seconds in recorder.top_operators(TOP_OPERATORS)
+    ]
     return "\n".join(lines)
 
 
@@ -102,6 +110,11 @@ class _StepProfiler(TrainerCallback):
         if self.started and not self.stopped:
             self.profiler.__exit__(None, None, None)
             self.stopped = True
+
+    def top_operators(self, count: int) -> list[tuple[str, int, float]]:
+        """The operators with the most self time: name, calls, seconds."""
+        events = sorted(self.profiler.key_averages(), key=lambda event: -event.self_cpu_time_total)
+        return [(event.key, event.count, event.self_cpu_time_total / 1e6) for event in events[:count]]
 
     def families(self) -> dict[str, float]:
         seconds: dict[str, float] = defaultdict(float)
