@@ -25,6 +25,7 @@ import torch
 from transformers import set_seed
 
 from llmkit.methods import get_method
+from llmkit.models.first_position import compute_every_position, compute_only_first_position
 from llmkit.models.loading import load_classifier
 from llmkit.recipe.loading import load_recipe
 
@@ -50,9 +51,8 @@ def main() -> None:
         recipe.model.checkpoint, ["negative", "positive"], recipe.model.revision, dropout=recipe.model.dropout
     )
     model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
-    (layers,) = [module for name, module in model.named_modules() if name.endswith("encoder.layer")]
-    last = layers[-1]
-    first_position_forward = vars(last)["forward"]  # set by llmkit when it loaded the model
+    # Only a BERT-style classifier has the shortcut to compare (llmkit gave it one on loading).
+    assert compute_only_first_position(loaded.model), "the recipe's model is not a BERT-style classifier"
 
     def tokenized(rows: list[str]) -> dict[str, Any]:
         encoded = loaded.tokenizer(rows, padding=True, truncation=True, max_length=128, return_tensors="pt")
@@ -72,9 +72,9 @@ def main() -> None:
 
     def one_round(first_only: bool) -> float:
         if first_only:
-            last.forward = first_position_forward
-        elif "forward" in vars(last):
-            del last.forward  # the class's own forward: every position
+            compute_only_first_position(loaded.model)
+        else:
+            compute_every_position(model)
         start = time.perf_counter()
         for batch in batches:
             if args.mode == "train":
