@@ -3,6 +3,10 @@ of issue #17 that change how a step is computed rather than what it computes: ea
 and Trainer run), torch.compile with dynamic shapes, torch.compile with lengths padded to buckets,
 and the word embeddings frozen (no dense embedding gradient, half the optimizer's work).
 
+`--batching sorted` (the default) cuts batches as llmkit's trainer does (LengthSortedSampler: the
+rows sorted by length); `--batching trainer` as Trainer's `group_by_length` does, which is what
+the figures in docs/bench-sst2-expert-cpu.md were measured on (llmkit used it then).
+
 One variant per process (compiled graphs and caches stay out of the next one); compare variants
 measured one after the other on an idle machine, never across machines:
 
@@ -27,6 +31,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
+from llmkit.training.trainer import LengthSortedSampler
+
 VARIANTS = ("eager", "compile-dynamic", "compile-static", "frozen-embeddings")
 COMPILING_STEP_S = 3.0  # a step this slow compiled a graph; kept out of the per-step figures
 
@@ -34,14 +40,18 @@ COMPILING_STEP_S = 3.0  # a step this slow compiled a graph; kept out of the per
 def length_grouped_batches(
     args: argparse.Namespace, tokenizer: PreTrainedTokenizerBase
 ) -> list[dict[str, torch.Tensor]]:
-    """Trainer's length-grouped batches of the first `rows` training rows, in random order."""
+    """Length-grouped batches of the first `rows` training rows (llmkit's or Trainer's grouping),
+    in random order."""
     with open(args.train, encoding="utf-8") as handle:
         lines = handle.read().splitlines()[1 : args.rows + 1]
     labels = [int(line.split("\t")[0]) for line in lines]
     encoded = [tokenizer(line.split("\t")[1], truncation=True, max_length=128)["input_ids"] for line in lines]
-    order = get_length_grouped_indices(
-        [len(ids) for ids in encoded], args.batch_size, generator=torch.Generator().manual_seed(1)
-    )
+    lengths = [len(ids) for ids in encoded]
+    generator = torch.Generator().manual_seed(1)
+    if args.batching == "sorted":
+        order = list(LengthSortedSampler(args.batch_size, lengths=lengths, generator=generator))
+    else:
+        order = get_length_grouped_indices(lengths, args.batch_size, generator=generator)
     batches = []
     for start in range(0, len(order), args.batch_size):
         chosen = order[start : start + args.batch_size]
@@ -66,6 +76,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument(
+        "--batching",
+        choices=("sorted", "trainer"),
+        default="sorted",
+        help="llmkit's batches (the rows sorted by length) or Trainer's group_by_length",
+    )
     parser.add_argument(
         "--pad-multiple", type=int, default=None, help="pad each batch's length up to a multiple"
     )
