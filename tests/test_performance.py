@@ -133,36 +133,50 @@ def _padding_share(lengths: list[int], order: list[int], size: int) -> float:
     return 1 - sum(map(sum, batches)) / sum(max(batch) * len(batch) for batch in batches)
 
 
-def test_length_sorted_batches_pad_least_and_come_in_random_order() -> None:
+def _batches(order: list[int], size: int) -> list[list[int]]:
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def test_length_grouped_batches_pad_little_and_come_in_random_order() -> None:
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    from llmkit.training.trainer import LengthSortedSampler
+    from llmkit.training.trainer import ShuffledLengthGroupedSampler
 
-    lengths = [(7 * i) % 61 + 1 for i in range(1000)]  # 1000 examples, 1 to 61 tokens
     size = 16
-    sampler = LengthSortedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(0))
-    order = list(sampler)
-    assert sorted(order) == list(range(1000))  # every example once
-    batches = [order[start : start + size] for start in range(0, 1000, size)]
-    # The whole set sorted: no two batches' length ranges overlap, so the padding is the least
-    # any batching of these examples can have; Trainer's mega-batches leave far more.
-    spans = sorted((min(lengths[i] for i in batch), max(lengths[i] for i in batch)) for batch in batches)
+    seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+
+    # A set of at most 50 batches is sorted whole: the full batches' length ranges do not
+    # overlap, the least padding any batching has; Trainer's chunks of a quarter of the set
+    # (9 batches here) leave far more.
+    small = [(7 * i) % 61 + 1 for i in range(600)]  # 37 full batches of 1 to 61 tokens, and 8
+    order = list(ShuffledLengthGroupedSampler(size, lengths=small, generator=seeded()))
+    assert sorted(order) == list(range(600))  # every example once
+    spans = sorted((min(small[i] for i in b), max(small[i] for i in b)) for b in _batches(order, size)[:-1])
     assert all(high <= next_low for (_, high), (next_low, _) in itertools.pairwise(spans))
-    trainers = get_length_grouped_indices(lengths, size, generator=torch.Generator().manual_seed(0))
-    sorted_padding = _padding_share(lengths, order, size)
-    trainers_padding = _padding_share(lengths, trainers, size)
-    assert sorted_padding < 0.02 and trainers_padding > 3 * sorted_padding, (sorted_padding, trainers_padding)
-    # The longest batch first (running out of memory happens at once), the partial one last.
-    assert {lengths[i] for i in batches[0]} == {61} and len(batches[-1]) == 1000 % size
-    assert {lengths[i] for i in batches[-1]} == {1}
-    longest = [max(lengths[i] for i in batch) for batch in batches[1:-1]]
+    padding = _padding_share(small, order, size)
+    trainers_padding = _padding_share(
+        small, get_length_grouped_indices(small, size, generator=seeded()), size
+    )
+    assert padding < 0.04 and trainers_padding > 2.5 * padding, (padding, trainers_padding)
+
+    # A larger set: chunks of 50 batches, Trainer's very batches (sorting the whole set pads
+    # less but learned slower), handed out in random order instead of longest to shortest.
+    large = [(7 * i) % 61 + 1 for i in range(6405)]  # 400 full batches and a partial one of 5
+    sampler = ShuffledLengthGroupedSampler(size, lengths=large, generator=seeded())
+    order = list(sampler)
+    batches = _batches(order, size)
+    trainers = _batches(get_length_grouped_indices(large, size, generator=seeded()), size)
+    assert sorted(map(sorted, batches)) == sorted(map(sorted, trainers))
+    # The longest example in the first batch (running out of memory happens at once), the
+    # partial batch last.
+    assert max(large[i] for i in batches[0]) == 61 and len(batches[-1]) == 6405 % size
+    longest = [max(large[i] for i in batch) for batch in batches[1:-1]]
     descents = sum(a > b for a, b in itertools.pairwise(longest))
     assert 0.3 < descents / len(longest) < 0.7  # random order: about half the steps go down
-    again = LengthSortedSampler(size, lengths=lengths, generator=torch.Generator().manual_seed(0))
+    again = ShuffledLengthGroupedSampler(size, lengths=large, generator=seeded())
     assert list(again) == order  # seeded: resuming replays the same order
-    # Ties fall in a new random order each epoch: a batch is a fresh sample of its length's examples.
-    next_epoch = list(sampler)
-    next_batches = [next_epoch[start : start + size] for start in range(0, 1000, size)]
+    # Each epoch draws new chunks: a batch is a fresh sample of the examples of its length.
+    next_batches = _batches(list(sampler), size)
     assert sorted(map(sorted, next_batches)) != sorted(map(sorted, batches))
 
 

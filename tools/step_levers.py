@@ -3,9 +3,9 @@ of issue #17 that change how a step is computed rather than what it computes: ea
 and Trainer run), torch.compile with dynamic shapes, torch.compile with lengths padded to buckets,
 and the word embeddings frozen (no dense embedding gradient, half the optimizer's work).
 
-`--batching sorted` (the default) cuts batches as llmkit's trainer does (LengthSortedSampler: the
-rows sorted by length); `--batching trainer` as Trainer's `group_by_length` does, which is what
-the figures in docs/bench-sst2-expert-cpu.md were measured on (llmkit used it then).
+`--batching llmkit` (the default) cuts batches as llmkit's trainer does (ShuffledLengthGroupedSampler);
+`--batching trainer` as Trainer's `group_by_length` does, which is what the figures in
+docs/bench-sst2-expert-cpu.md were measured on (llmkit used it then).
 
 One variant per process (compiled graphs and caches stay out of the next one); compare variants
 measured one after the other on an idle machine, never across machines:
@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from llmkit.training.trainer import LengthSortedSampler
+from llmkit.training.trainer import ShuffledLengthGroupedSampler
 
 VARIANTS = ("eager", "compile-dynamic", "compile-static", "frozen-embeddings")
 COMPILING_STEP_S = 3.0  # a step this slow compiled a graph; kept out of the per-step figures
@@ -48,8 +48,9 @@ def length_grouped_batches(
     encoded = [tokenizer(line.split("\t")[1], truncation=True, max_length=128)["input_ids"] for line in lines]
     lengths = [len(ids) for ids in encoded]
     generator = torch.Generator().manual_seed(1)
-    if args.batching == "sorted":
-        order = list(LengthSortedSampler(args.batch_size, lengths=lengths, generator=generator))
+    if args.batching == "llmkit":
+        sampler = ShuffledLengthGroupedSampler(args.batch_size, lengths=lengths, generator=generator)
+        order = list(sampler)
     else:
         order = get_length_grouped_indices(lengths, args.batch_size, generator=generator)
     batches = []
@@ -78,9 +79,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument(
         "--batching",
-        choices=("sorted", "trainer"),
-        default="sorted",
-        help="llmkit's batches (the rows sorted by length) or Trainer's group_by_length",
+        choices=("llmkit", "trainer"),
+        default="llmkit",
+        help="llmkit's length-grouped batches or Trainer's group_by_length",
     )
     parser.add_argument(
         "--pad-multiple", type=int, default=None, help="pad each batch's length up to a multiple"

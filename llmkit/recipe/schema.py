@@ -314,10 +314,10 @@ class TrainSection(Section):
     logging_steps: PositiveInt = Field(20, description="Steps between loss entries in log.jsonl.")
     group_by_length: bool = Field(
         True,
-        description="Batch training examples of one length (the training set sorted by length, "
-        "ties and batch order random each epoch; random batches otherwise): on 3,000 SST-2 rows x "
-        "32, 2% of the computed tokens are padding against 67% in random batches and 11% in "
-        "Trainer's length grouping.",
+        description="Batch training examples of nearly one length (random chunks of 50 batches "
+        "sorted by length, as Trainer's length grouping, batches in random order; random batches "
+        "otherwise): on 600 SST-2 rows x 16, 7% of the computed tokens are padding against 19% "
+        "in Trainer's length grouping and about two thirds in random batches.",
     )
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32",
