@@ -17,7 +17,7 @@ from llmkit.interrupts import Terminated, interrupted, stop_signals_raise
 from llmkit.recipe.schema import Recipe
 from llmkit.resume import check_resumable, checkpoint_step, resume_note
 from llmkit.rundir import RunDirectory, now
-from llmkit.runtime import distributed_state, quiet_libraries
+from llmkit.runtime import distributed_state, set_up_process
 from llmkit.training.failures import check_finite, explain_failure
 from llmkit.training.stopping import check_stop_at, target_reached
 
@@ -53,7 +53,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     from llmkit.training.precision import check_precision
     from llmkit.training.tracking import check_trackers
 
-    quiet_libraries()
+    set_up_process()
     if not show_progress:  # other processes of a multi-process run stay quiet
         datasets.disable_progress_bars()
     check_precision(recipe.train.precision)

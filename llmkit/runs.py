@@ -72,9 +72,9 @@ def load_model(trained: TrainedRun, checkpoint: Path | None = None) -> LoadedMod
     import torch
 
     from llmkit.models.loading import load_trained
-    from llmkit.runtime import quiet_libraries
+    from llmkit.runtime import set_up_process
 
-    quiet_libraries()
+    set_up_process()
     # PEFT notes that GPT-2's fused Conv1D layers need fan_in_fan_out, and sets it: nothing to do.
     warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
     model_section = trained.recipe.model

@@ -1,9 +1,12 @@
 """What the speed work rests on: the model-FLOP count behind MFU, `train.precision: auto`, fp32
-weights whatever the checkpoint stores, and prediction in the run's precision."""
+weights whatever the checkpoint stores, prediction in the run's precision, the attention kernel a
+bf16 training step takes on CPU, and the allocator keeping freed memory."""
 
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +131,13 @@ def test_profile_accounts_for_a_training_steps_time(
     assert 0 <= padding < 100
 
 
-def _padding_share(lengths: list[int], order: list[int], size: int) -> float:
-    batches = [[lengths[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
-    return 1 - sum(map(sum, batches)) / sum(max(batch) * len(batch) for batch in batches)
-
-
 def _batches(order: list[int], size: int) -> list[list[int]]:
     return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def _padding_share(lengths: list[int], order: list[int], size: int) -> float:
+    batches = [[lengths[i] for i in batch] for batch in _batches(order, size)]
+    return 1 - sum(map(sum, batches)) / sum(max(batch) * len(batch) for batch in batches)
 
 
 def test_length_grouped_batches_pad_little_and_come_in_random_order() -> None:
@@ -213,3 +216,123 @@ def test_rows_held_in_memory_are_tokenised_without_hashing_the_tokenizer(
     again = tokenize_split(from_file, tokenizer, ["text"], 16, "input")
     assert first._fingerprint == again._fingerprint  # the same name: the cached copy is found
     assert first.cache_files == again.cache_files
+
+
+def _autograd_nodes(output: torch.Tensor) -> set[str]:
+    """The names of the backward functions that computing `output` recorded."""
+    names: set[str] = set()
+    seen: set[Any] = set()
+    pending = [output.grad_fn]
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        pending.extend(following for following, _ in node.next_functions)
+    return names
+
+
+def _flash_attention_used(output: torch.Tensor) -> bool:
+    return any("FlashAttention" in name for name in _autograd_nodes(output))
+
+
+def test_only_bf16_training_on_cpu_leaves_the_flash_attention_kernel() -> None:
+    """PyTorch's CPU flash-attention backward in bf16 took 4x the math kernel's time on MiniLM's
+    shapes; fp32 on CPU and every GPU keep PyTorch's choice."""
+    from llmkit.training.precision import training_attention_kernels
+
+    def attention(dtype: torch.dtype) -> torch.Tensor:
+        query = torch.randn(2, 4, 5, 8, dtype=dtype, requires_grad=True)
+        return torch.nn.functional.scaled_dot_product_attention(query, query, query)
+
+    assert _flash_attention_used(attention(torch.bfloat16))  # PyTorch's own choice on CPU
+    with training_attention_kernels("bf16", "cpu"):
+        assert not _flash_attention_used(attention(torch.bfloat16))
+    with training_attention_kernels("fp32", "cpu"):
+        assert _flash_attention_used(attention(torch.float32))
+    with training_attention_kernels("bf16", "cuda"):  # no kernel rule off the CPU
+        assert _flash_attention_used(attention(torch.bfloat16))
+
+
+def test_a_bf16_training_forward_on_cpu_takes_the_math_attention_kernel_and_evaluation_flash(
+    make_recipe: Any, bert_checkpoint: Path, sentiment_data: DataFiles, tmp_path: Path
+) -> None:
+    from llmkit.pipeline import prepare
+    from llmkit.recipe.loading import load_recipe
+    from llmkit.training.batching import BatchPlan
+    from llmkit.training.trainer import build_trainer
+
+    recipe = load_recipe(make_recipe(bert_checkpoint, sentiment_data, "full", train={"precision": "bf16"}))
+    prepared = prepare(recipe, show_progress=False)
+    trainer = build_trainer(
+        recipe,
+        prepared.model,
+        prepared.tokenizer,
+        prepared.splits["train"],
+        prepared.splits["validation"],
+        prepared.task,
+        prepared.label_names,
+        output_dir=tmp_path / "out",
+        log_path=tmp_path / "log.jsonl",
+        plan=BatchPlan.for_recipe(recipe, 1),
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch.pop("labels")
+    model = trainer.model
+    assert model is not None
+    for training, flash_expected in ((True, False), (False, True)):
+        model.train(training)
+        with trainer.compute_loss_context_manager(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(**batch).logits
+        assert _flash_attention_used(logits) is flash_expected, f"training={training}"
+
+
+_RETAINED_AFTER_FREE = """
+import torch
+from llmkit.runtime import keep_freed_memory
+
+def resident() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+applied = keep_freed_memory()
+block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+held = resident()
+del block
+print(applied, (held - resident()) / 2**20)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads resident memory from /proc")
+@pytest.mark.parametrize("opted_out", [False, True], ids=["default", "LLMKIT_KEEP_FREED_MEMORY=0"])
+def test_freed_memory_stays_with_the_process_for_its_next_allocations(opted_out: bool) -> None:
+    """glibc's default unmaps a large block when it is freed, so a training step's large tensors
+    come back each step as fresh pages to fault in and zero; llmkit keeps them (on glibc)."""
+    import os
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+    environ.pop("LD_PRELOAD", None)
+    if opted_out:
+        environ["LLMKIT_KEEP_FREED_MEMORY"] = "0"
+    run = subprocess.run(
+        [sys.executable, "-c", _RETAINED_AFTER_FREE], env=environ, capture_output=True, text=True, check=True
+    )
+    applied, released_mib = run.stdout.split()
+    assert applied == str(not opted_out)
+    if opted_out:
+        assert float(released_mib) > 60  # glibc's default: handed back to the kernel at once
+    else:
+        assert float(released_mib) < 4
+
+
+def test_a_users_own_malloc_settings_are_left_alone() -> None:
+    from llmkit.runtime import keep_freed_memory
+
+    assert not keep_freed_memory({"LLMKIT_KEEP_FREED_MEMORY": "0"})
+    assert not keep_freed_memory({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})
+    assert not keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"})
+    assert not keep_freed_memory({"MALLOC_TRIM_THRESHOLD_": "1000000"})

@@ -22,11 +22,11 @@ def evaluate_untuned(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
 
     from llmkit.models.loading import load_classifier
     from llmkit.models.parameters import parameter_counts
-    from llmkit.runtime import quiet_libraries
+    from llmkit.runtime import set_up_process
     from llmkit.tasks import task_for
     from llmkit.training.precision import resolve_precision
 
-    quiet_libraries()
+    set_up_process()
     started_at = now()
     task = task_for(recipe.task)
     labelled = task.load_splits(recipe.data, seed=recipe.train.seed)

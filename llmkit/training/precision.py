@@ -3,6 +3,7 @@ loads, and the torch dtype it computes in."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -57,3 +58,18 @@ def check_precision(precision: str) -> None:
 def torch_dtype(precision: str) -> Any:
     """The dtype matrix products run in (mixed precision: the rest stays fp32)."""
     return TORCH_DTYPES[resolve_precision(precision)]
+
+
+def training_attention_kernels(precision: str, device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """Where a training forward runs, the scaled-dot-product attention kernels it may use: on a
+    CPU in bf16 the math kernel, elsewhere PyTorch's choice. PyTorch's CPU flash-attention
+    backward in bf16 is slow: forward and backward of MiniLM-shaped attention (batch 32, 12 heads
+    of 32, 38 tokens) took 26.4 ms with it against 6.8 ms with the math kernel (fp32: 7.1 against
+    9.1, so fp32 keeps flash), and MiniLM full fine-tuning in bf16 took 1.3x as long a step
+    (docs/bench-sst2-expert-cpu.md). The kernel chosen in the forward decides the backward's;
+    forward alone (evaluation, prediction) is faster with flash in bf16 too, so it keeps it."""
+    if precision != "bf16" or device_type != "cpu":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])

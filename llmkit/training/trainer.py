@@ -4,6 +4,7 @@ run's step log."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from llmkit.errors import LlmkitError
 from llmkit.fsutil import dumps, move_into_place
 from llmkit.methods import get_method
 from llmkit.training.batching import BatchPlan
-from llmkit.training.precision import resolve_precision
+from llmkit.training.precision import resolve_precision, training_attention_kernels
 from llmkit.training.stopping import target_reached
 from llmkit.training.strategies import (
     prompt_encoder_is_sharded,
@@ -160,6 +161,15 @@ class LlmkitTrainer(Trainer):
                 "train.max_grad_norm; check the data for empty or extreme inputs",
             )
         return loss
+
+    def compute_loss_context_manager(self) -> contextlib.ExitStack:
+        """Trainer's (autocast is accelerate's, around the forward), plus the attention kernels
+        a training forward on this device and precision should use."""
+        stack = super().compute_loss_context_manager()
+        if self.model is not None and self.model.training:
+            precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
+            stack.enter_context(training_attention_kernels(precision, self.args.device.type))
+        return stack
 
     def compute_loss(
         self,
