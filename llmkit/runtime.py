@@ -64,8 +64,9 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     from the heap and never trimming it made MiniLM full fine-tuning on SST-2 (bf16, 2 cores)
     1.05x as fast, with peak memory 4-7% higher (freed blocks are reused, not returned; measured
     in docs/bench-sst2-expert-cpu.md). Intel's CPU launcher gets the same from jemalloc or
-    tcmalloc; llmkit does it with the allocator the process already has. Left alone: other C libraries (musl, macOS), a malloc preloaded in its place
-    (LD_PRELOAD), malloc settings the user chose (GLIBC_TUNABLES, MALLOC_*_ variables), and
+    tcmalloc; llmkit does it with the allocator the process already has. Left alone: other C
+    libraries (musl, macOS), a malloc preloaded in its place (LD_PRELOAD), malloc settings the
+    user chose (GLIBC_TUNABLES, MALLOC_*_ variables), and
     LLMKIT_KEEP_FREED_MEMORY=0."""
     if environ is None:
         environ = os.environ
