@@ -258,25 +258,12 @@ def test_only_bf16_training_on_cpu_leaves_the_flash_attention_kernel() -> None:
 def test_a_bf16_training_forward_on_cpu_takes_the_math_attention_kernel_and_evaluation_flash(
     make_recipe: Any, bert_checkpoint: Path, sentiment_data: DataFiles, tmp_path: Path
 ) -> None:
+    from llmkit.bench.profile import scratch_trainer
     from llmkit.pipeline import prepare
     from llmkit.recipe.loading import load_recipe
-    from llmkit.training.batching import BatchPlan
-    from llmkit.training.trainer import build_trainer
 
     recipe = load_recipe(make_recipe(bert_checkpoint, sentiment_data, "full", train={"precision": "bf16"}))
-    prepared = prepare(recipe, show_progress=False)
-    trainer = build_trainer(
-        recipe,
-        prepared.model,
-        prepared.tokenizer,
-        prepared.splits["train"],
-        prepared.splits["validation"],
-        prepared.task,
-        prepared.label_names,
-        output_dir=tmp_path / "out",
-        log_path=tmp_path / "log.jsonl",
-        plan=BatchPlan.for_recipe(recipe, 1),
-    )
+    trainer = scratch_trainer(prepare(recipe, show_progress=False), tmp_path)
     batch = next(iter(trainer.get_train_dataloader()))
     batch.pop("labels")
     model = trainer.model

@@ -11,9 +11,12 @@ import argparse
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from llmkit.pipeline import Prepared
 
 # Operator families, first match wins (aten names, lower case).
 FAMILIES = (
@@ -35,25 +38,12 @@ def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str
 
     from llmkit.pipeline import prepare
     from llmkit.recipe.loading import load_recipe
-    from llmkit.training.batching import BatchPlan
     from llmkit.training.precision import resolve_precision
-    from llmkit.training.trainer import build_trainer
 
     recipe = load_recipe(recipe_path, [*overrides, f"train.max_steps={steps + WARM_UP_STEPS}"])
     prepared = prepare(recipe)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = build_trainer(
-            recipe.model_copy(update={"train": recipe.train.model_copy(update={"checkpoint_every": None})}),
-            prepared.model,
-            prepared.tokenizer,
-            prepared.splits["train"],
-            prepared.splits["validation"],
-            prepared.task,
-            prepared.label_names,
-            output_dir=Path(scratch),
-            log_path=Path(scratch) / "log.jsonl",
-            plan=BatchPlan.for_recipe(recipe, 1),
-        )
+        trainer = scratch_trainer(prepared, Path(scratch))
         padding = _padding_share(trainer, steps + WARM_UP_STEPS)
         recorder = _StepProfiler(profile(activities=[ProfilerActivity.CPU]), WARM_UP_STEPS, steps)
         trainer.add_callback(recorder)
@@ -78,6 +68,27 @@ def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str
         for name, calls, seconds in recorder.top_operators(TOP_OPERATORS)
     ]
     return "\n".join(lines)
+
+
+def scratch_trainer(prepared: Prepared, scratch: Path) -> Any:
+    """The Trainer `llmkit finetune` builds for a prepared recipe, on one process, writing only its
+    step log under `scratch` (no checkpoints)."""
+    from llmkit.training.batching import BatchPlan
+    from llmkit.training.trainer import build_trainer
+
+    recipe = prepared.recipe
+    return build_trainer(
+        recipe.model_copy(update={"train": recipe.train.model_copy(update={"checkpoint_every": None})}),
+        prepared.model,
+        prepared.tokenizer,
+        prepared.splits["train"],
+        prepared.splits["validation"],
+        prepared.task,
+        prepared.label_names,
+        output_dir=scratch,
+        log_path=scratch / "log.jsonl",
+        plan=BatchPlan.for_recipe(recipe, 1),
+    )
 
 
 def _padding_share(trainer: Any, steps: int) -> float:
