@@ -439,18 +439,17 @@ def peer_bench(tmp_path: Path, bert_checkpoint: Path, tsv_data: DataFiles) -> Ca
     return lambda runs, **more: write_bench(tmp_path / "bench.yaml", {**top, "runs": runs, **more})
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_expert_peer_is_the_speed_reference_and_both_ratios_are_reported(
-    peer_bench: Callable[..., Path], fake_peer: Path, tmp_path: Path
+    peer_bench: Callable[..., Path], fake_peer: Path, tmp_path: Path, precision: str
 ) -> None:
-    from llmkit.training.precision import resolve_precision
-
     runs = [
         {"name": "a", "recipe": "recipe.yaml", "expect": {"min_speed_ratio": 1000}},
         {"kind": "peer", "like": "a"},
         {"kind": "peer", "like": "a", "expert": True},
     ]
     bench = peer_bench(runs, seeds=[1], peer_script=str(fake_peer))
-    result = invoke("bench", bench, "--output-dir", tmp_path / "out")
+    result = invoke("bench", bench, f"train.precision={precision}", "--output-dir", tmp_path / "out")
     assert result.exit_code == REGRESSION, explain(result)
     # The ratio a speed claim must win is the one against the expert peer (the fake's grouped
     # batches report twice its plain speed).
@@ -466,8 +465,7 @@ def test_the_expert_peer_is_the_speed_reference_and_both_ratios_are_reported(
     plain_args = json.loads((runs_dir / "a-peer-seed1" / "args.json").read_text())
     assert expert_args["group_by_length"] and not plain_args["group_by_length"]
     # bf16 only where llmkit trains in it: the expert does what llmkit does, no more.
-    trains_bf16 = resolve_precision("auto") == "bf16"
-    assert expert_args["bf16"] is trains_bf16 and plain_args["bf16"] is False
+    assert expert_args["bf16"] is (precision == "bf16") and plain_args["bf16"] is False
     table = (tmp_path / "out" / "bench.md").read_text()
     assert "| x peer | x expert peer |" in table and "a-expert-peer (expert peer script)" in table
 
