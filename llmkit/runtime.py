@@ -11,8 +11,11 @@ import platform
 from collections.abc import Mapping
 from typing import Any
 
+from llmkit.errors import LlmkitError
+
 # Opting out of `keep_freed_memory`: LLMKIT_KEEP_FREED_MEMORY=0 leaves glibc's malloc as it is.
 KEEP_FREED_MEMORY_ENV = "LLMKIT_KEEP_FREED_MEMORY"
+SWITCH_ON, SWITCH_OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # glibc's mallopt parameters (malloc.h) and the most the trim threshold (a C int) can hold.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _INT_MAX = 2**31 - 1
@@ -66,11 +69,18 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     in docs/bench-sst2-expert-cpu.md). Intel's CPU launcher gets the same from jemalloc or
     tcmalloc; llmkit does it with the allocator the process already has. Left alone: other C
     libraries (musl, macOS), a malloc preloaded in its place (LD_PRELOAD), malloc settings the
-    user chose (GLIBC_TUNABLES, MALLOC_*_ variables), and
-    LLMKIT_KEEP_FREED_MEMORY=0."""
+    user chose (GLIBC_TUNABLES, MALLOC_*_ variables), and LLMKIT_KEEP_FREED_MEMORY=0 (or
+    false/no/off; another value is an error)."""
     if environ is None:
         environ = os.environ
-    if environ.get(KEEP_FREED_MEMORY_ENV, "1") == "0" or platform.libc_ver()[0] != "glibc":
+    chosen = environ.get(KEEP_FREED_MEMORY_ENV, "1").strip().lower()
+    if chosen not in SWITCH_ON + SWITCH_OFF:
+        raise LlmkitError(
+            f"{KEEP_FREED_MEMORY_ENV}={environ[KEEP_FREED_MEMORY_ENV]!r} is neither on nor off.",
+            hint=f"set it to 0 to leave glibc's malloc as it is, or 1 (the default); "
+            f"unset it with `unset {KEEP_FREED_MEMORY_ENV}`",
+        )
+    if chosen in SWITCH_OFF or platform.libc_ver()[0] != "glibc":
         return False
     preloaded = "malloc" in environ.get("LD_PRELOAD", "")
     tuned = "glibc.malloc" in environ.get("GLIBC_TUNABLES", "") or any(

@@ -247,11 +247,11 @@ def test_only_bf16_training_on_cpu_leaves_the_flash_attention_kernel() -> None:
         return torch.nn.functional.scaled_dot_product_attention(query, query, query)
 
     assert _flash_attention_used(attention(torch.bfloat16))  # PyTorch's own choice on CPU
-    with training_attention_kernels("bf16", "cpu"):
+    with training_attention_kernels(True, "cpu"):
         assert not _flash_attention_used(attention(torch.bfloat16))
-    with training_attention_kernels("fp32", "cpu"):
+    with training_attention_kernels(False, "cpu"):
         assert _flash_attention_used(attention(torch.float32))
-    with training_attention_kernels("bf16", "cuda"):  # no kernel rule off the CPU
+    with training_attention_kernels(True, "cuda"):  # no kernel rule off the CPU
         assert _flash_attention_used(attention(torch.bfloat16))
 
 
@@ -323,3 +323,22 @@ def test_a_users_own_malloc_settings_are_left_alone() -> None:
     assert not keep_freed_memory({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"})
     assert not keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"})
     assert not keep_freed_memory({"MALLOC_TRIM_THRESHOLD_": "1000000"})
+    assert not keep_freed_memory({"LLMKIT_KEEP_FREED_MEMORY": "off"})
+
+
+def test_an_unclear_keep_freed_memory_setting_is_an_error_that_says_what_to_set(
+    cli: Any,
+    make_recipe: Any,
+    bert_checkpoint: Path,
+    sentiment_data: DataFiles,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLMKIT_KEEP_FREED_MEMORY", "sometimes")
+    result = cli(
+        "finetune", make_recipe(bert_checkpoint, sentiment_data, "full"), "--output-dir", tmp_path / "run"
+    )
+    assert result.exit_code == 2, explain(result)
+    assert "LLMKIT_KEEP_FREED_MEMORY='sometimes' is neither on nor off." in result.stderr
+    assert "set it to 0 to leave glibc's malloc as it is, or 1 (the default)" in result.stderr
+    assert not (tmp_path / "run").exists()  # found before the run directory is made

@@ -60,15 +60,15 @@ def torch_dtype(precision: str) -> Any:
     return TORCH_DTYPES[resolve_precision(precision)]
 
 
-def training_attention_kernels(precision: str, device_type: str) -> contextlib.AbstractContextManager[Any]:
+def training_attention_kernels(bf16: bool, device_type: str) -> contextlib.AbstractContextManager[Any]:
     """Where a training forward runs, the scaled-dot-product attention kernels it may use: on a
     CPU in bf16 the math kernel, elsewhere PyTorch's choice. PyTorch's CPU flash-attention
     backward in bf16 is slow: forward and backward of MiniLM-shaped attention (batch 32, 12 heads
     of 32, 38 tokens) took 26.4 ms with it against 6.8 ms with the math kernel (fp32: 7.1 against
-    9.1, so fp32 keeps flash), and MiniLM full fine-tuning in bf16 took 1.3x as long a step
-    (docs/bench-sst2-expert-cpu.md). The kernel chosen in the forward decides the backward's;
+    9.1, so fp32 keeps flash), and `llmkit finetune` of MiniLM in bf16 trained 1.2x fewer samples
+    a second with it (docs/bench-sst2-expert-cpu.md). The kernel chosen in the forward decides the backward's;
     forward alone (evaluation, prediction) is faster with flash in bf16 too, so it keeps it."""
-    if precision != "bf16" or device_type != "cpu":
+    if not bf16 or device_type != "cpu":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

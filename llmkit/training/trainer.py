@@ -167,8 +167,7 @@ class LlmkitTrainer(Trainer):
         a training forward on this device and precision should use."""
         stack = super().compute_loss_context_manager()
         if self.model is not None and self.model.training:
-            precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
-            stack.enter_context(training_attention_kernels(precision, self.args.device.type))
+            stack.enter_context(training_attention_kernels(self.args.bf16, self.args.device.type))
         return stack
 
     def compute_loss(
