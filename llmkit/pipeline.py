@@ -210,6 +210,7 @@ def record_failure(run: RunDirectory, reason: str) -> None:
 def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan: Any) -> dict[str, Any]:
     from llmkit.memory import peaks_per_process, restart_peak, training_state_mb_per_process
     from llmkit.models.parameters import base_model, parameter_counts
+    from llmkit.training.embedding_rows import used_rows_while_training
     from llmkit.training.flops import flops_per_example
     from llmkit.training.precision import resolve_precision
     from llmkit.training.strategies import (
@@ -233,21 +234,23 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
                 run.path, splits["train"], prepared.task, recipe.data, recipe.train.eval_batch_size
             )
         splits = {**splits, "train": splits["train"].add_column(ROW, list(range(len(splits["train"]))))}
-    trainer = build_trainer(
-        recipe,
-        prepared.model,
-        prepared.tokenizer,
-        splits["train"],
-        splits["validation"],
-        prepared.task,
-        prepared.label_names,
-        output_dir=run.checkpoints_dir,
-        log_path=run.log_path,
-        plan=plan,
-        distillation=distillation,
-    )
-    before_training = restart_peak()
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    sharded = recipe.train.distributed.strategy != "ddp"
+    with used_rows_while_training(prepared.model, prepared.tokenizer, splits["train"], sharded) as used_rows:
+        trainer = build_trainer(
+            recipe,
+            prepared.model,
+            prepared.tokenizer,
+            splits["train"],
+            splits["validation"],
+            prepared.task,
+            prepared.label_names,
+            output_dir=run.checkpoints_dir,
+            log_path=run.log_path,
+            plan=plan,
+            distillation=distillation,
+        )
+        before_training = restart_peak()
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     training_seconds = output.metrics["train_runtime"] - trainer.evaluation_seconds
     epochs_done = trainer.state.epoch or 0.0
     samples = round(len(splits["train"]) * epochs_done)
@@ -303,6 +306,9 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             "micro_batch_size": plan.micro_batch_size,
             "gradient_accumulation_steps": plan.accumulation_steps,
             "precision": resolve_precision(recipe.train.precision),
+            # Rows of the word embedding trained as their own parameter: those of the tokens in the
+            # training split (llmkit/training/embedding_rows.py); null: the table as one, or frozen.
+            "embedding_rows_trained": len(used_rows.used_ids) if used_rows is not None else None,
             "final_loss": output.training_loss,
             # Each validation evaluation, with the training time before it (this session's).
             "evaluations": evaluations,

@@ -73,14 +73,9 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
     false/no/off; another value is an error)."""
     if environ is None:
         environ = os.environ
-    chosen = environ.get(KEEP_FREED_MEMORY_ENV, "1").strip().lower()
-    if chosen not in SWITCH_ON + SWITCH_OFF:
-        raise LlmkitError(
-            f"{KEEP_FREED_MEMORY_ENV}={environ[KEEP_FREED_MEMORY_ENV]!r} is neither on nor off.",
-            hint=f"set it to 0 to leave glibc's malloc as it is, or 1 (the default); "
-            f"unset it with `unset {KEEP_FREED_MEMORY_ENV}`",
-        )
-    if chosen in SWITCH_OFF or platform.libc_ver()[0] != "glibc":
+    if not switched_on(KEEP_FREED_MEMORY_ENV, "leave glibc's malloc as it is", environ):
+        return False
+    if platform.libc_ver()[0] != "glibc":
         return False
     preloaded = "malloc" in environ.get("LD_PRELOAD", "")
     tuned = "glibc.malloc" in environ.get("GLIBC_TUNABLES", "") or any(
@@ -95,6 +90,20 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None) -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
+
+
+def switched_on(name: str, off_does: str, environ: Mapping[str, str] | None = None) -> bool:
+    """An on/off environment variable of llmkit's, on unless set to 0/false/no/off; any other
+    value than those and 1/true/yes/on is an error that says what each does."""
+    if environ is None:
+        environ = os.environ
+    chosen = environ.get(name, "1").strip().lower()
+    if chosen not in SWITCH_ON + SWITCH_OFF:
+        raise LlmkitError(
+            f"{name}={environ[name]!r} is neither on nor off.",
+            hint=f"set it to 0 to {off_does}, or 1 (the default); unset it with `unset {name}`",
+        )
+    return chosen in SWITCH_ON
 
 
 def quiet_libraries() -> None:

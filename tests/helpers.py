@@ -307,6 +307,26 @@ class MatrixRuns:
         return self.runs[arch, method]
 
 
+def finetune_failing_at_step(
+    monkeypatch: Any, recipe: Path, run_dir: Path, *, step: int, message: str
+) -> Any:
+    """`llmkit finetune` in this process, its training step `step` raising RuntimeError(message):
+    a failure at a known point, for the tests of resume (failing_step_pythonpath for launched
+    processes)."""
+    from llmkit.training.trainer import LlmkitTrainer
+
+    original = LlmkitTrainer.training_step
+
+    def failing_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.state.global_step == step:
+            raise RuntimeError(message)
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LlmkitTrainer, "training_step", failing_step)
+        return invoke("finetune", recipe, "--output-dir", run_dir)
+
+
 def failing_step_pythonpath(directory: Path, *, step: int, message: str, rank: int | None = None) -> str:
     """A PYTHONPATH under which launched training processes (those with RANK set; only `rank`
     when given) raise RuntimeError(message) at the start of training step `step`, through a

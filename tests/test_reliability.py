@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import explain, results_of
+from helpers import explain, finetune_failing_at_step, results_of
 
 # A 25-step epoch on the 200-row fixture, checkpointed every 5 steps: killing the process after
 # checkpoint-10 lands it mid-epoch.
@@ -83,6 +83,41 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(
     assert not (killed / "checkpoints").exists()  # only needed while a run is unfinished
     steps = [entry["step"] for entry in map(json.loads, (killed / "log.jsonl").read_text().splitlines())]
     assert steps == sorted(steps), "a resumed run logs the steps after its checkpoint once"
+
+
+def test_a_run_failed_in_its_second_epoch_resumes_to_the_uninterrupted_run(
+    bert_checkpoint: Path,
+    sentiment_data: Any,
+    make_recipe: Any,
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An epoch's batch order comes from the random numbers of its start, which a run resumed in
+    a later epoch gets back (from the checkpoint) only after skipping the trained batches: the
+    checkpoint keeps the state the order was drawn from."""
+    from llmkit.training.trainer import SAMPLER_STATE_FILE
+
+    recipe = make_recipe(bert_checkpoint, sentiment_data, {"name": "lora", "r": 4}, train=RESUMABLE)
+    straight = tmp_path / "straight"
+    assert (result := cli("finetune", recipe, "--output-dir", straight)).exit_code == 0, explain(result)
+
+    failed = tmp_path / "failed"
+    # Epoch 2 of 25-step epochs, after checkpoint-30.
+    result = finetune_failing_at_step(
+        monkeypatch, recipe, failed, step=32, message="a crash in the second epoch"
+    )
+    assert result.exit_code != 0 and "a crash in the second epoch" in result.stderr
+    epoch, _ = torch.load(failed / "checkpoints" / "checkpoint-30" / SAMPLER_STATE_FILE, weights_only=True)
+    assert epoch == 1  # the second epoch's order
+
+    resumed = cli("finetune", recipe, "--output-dir", failed, "--resume")
+    assert resumed.exit_code == 0, explain(resumed)
+    assert results_of(failed)["train"]["resumed_from_step"] == 30
+    assert results_of(failed)["metrics"] == results_of(straight)["metrics"]
+    before, after = _adapter_weights(straight), _adapter_weights(failed)
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=WEIGHT_TOLERANCE)
 
 
 def test_resume_refuses_a_changed_recipe_and_names_the_change(

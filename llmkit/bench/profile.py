@@ -38,11 +38,16 @@ def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str
 
     from llmkit.pipeline import prepare
     from llmkit.recipe.loading import load_recipe
+    from llmkit.training.embedding_rows import used_rows_while_training
     from llmkit.training.precision import resolve_precision
 
     recipe = load_recipe(recipe_path, [*overrides, f"train.max_steps={steps + WARM_UP_STEPS}"])
     prepared = prepare(recipe)
-    with tempfile.TemporaryDirectory() as scratch:
+    sharded = recipe.train.distributed.strategy != "ddp"
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        used_rows_while_training(prepared.model, prepared.tokenizer, prepared.splits["train"], sharded),
+    ):
         trainer = scratch_trainer(prepared, Path(scratch))
         padding = _padding_share(trainer, steps + WARM_UP_STEPS)
         recorder = _StepProfiler(profile(activities=[ProfilerActivity.CPU]), WARM_UP_STEPS, steps)

@@ -22,6 +22,7 @@ from llmkit.errors import LlmkitError
 from llmkit.fsutil import dumps, move_into_place
 from llmkit.methods import get_method
 from llmkit.training.batching import BatchPlan
+from llmkit.training.embedding_rows import follow_optimizer
 from llmkit.training.precision import resolve_precision, training_attention_kernels
 from llmkit.training.stopping import target_reached
 from llmkit.training.strategies import (
@@ -34,6 +35,8 @@ from llmkit.training.tracking import place_tracker_files, report_to
 # Trainer writes a checkpoint's files one by one; they are written here and renamed into place
 # when complete, so a kill while saving never leaves a checkpoint that looks complete.
 STAGING_DIR = ".staging"
+# In a checkpoint: the random-number state its epoch's batch order was drawn from.
+SAMPLER_STATE_FILE = "llmkit_sampler_state.pt"
 # Trainer's timing figures in an evaluation's metrics (kept out of train.evaluations).
 TIMING_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second")
 
@@ -71,18 +74,38 @@ class ShuffledLengthGroupedSampler(LengthGroupedSampler):
 
     CHUNK_BATCHES = 50  # Trainer's mega-batch
 
+    # The order of an epoch is drawn from the process's random numbers as the epoch begins, which
+    # a run resumed in the middle of a later epoch no longer has (Trainer restores them from the
+    # checkpoint only after skipping that epoch's trained batches): it would train the rest of the
+    # epoch on another order, some examples twice and others never. So each checkpoint keeps the
+    # random-number state its epoch's order was drawn from (`drawn`, SAMPLER_STATE_FILE), and
+    # the resumed run draws that epoch's order from it again (`replay`).
+    epoch = 0
+    drawn: tuple[int, torch.Tensor] | None = None  # (epoch, random-number state) of this epoch's order
+    replay: tuple[int, torch.Tensor] | None = None  # the same, read from the checkpoint resumed
+
+    def set_epoch(self, epoch: int) -> None:
+        """Trainer (through accelerate's data loader) says which epoch is next."""
+        self.epoch = epoch
+
     def __iter__(self) -> Iterator[int]:
+        generator = self.generator
+        if self.replay is not None and self.replay[0] == self.epoch:
+            generator = torch.Generator()
+            generator.set_state(self.replay[1])
+        self.replay = None
+        self.drawn = (self.epoch, generator.get_state() if generator is not None else torch.get_rng_state())
         size = self.batch_size
         chunk_batches = max(1, min(self.CHUNK_BATCHES, len(self.lengths) // size))
         indices = get_length_grouped_indices(
-            self.lengths, size, mega_batch_mult=chunk_batches, generator=self.generator
+            self.lengths, size, mega_batch_mult=chunk_batches, generator=generator
         )
         batches = [indices[start : start + size] for start in range(0, len(indices), size)]
         if not batches:
             return iter([])
         tail = [batches.pop()] if len(batches[-1]) < size else []
         first, rest = batches[:1], batches[1:]
-        order = torch.randperm(len(rest), generator=self.generator).tolist()
+        order = torch.randperm(len(rest), generator=generator).tolist()
         return iter([i for batch in [*first, *(rest[k] for k in order), *tail] for i in batch])
 
 
@@ -99,18 +122,34 @@ class LlmkitTrainer(Trainer):
     # excluded) and the validation figures (results.json train.evaluations: time to accuracy).
     evaluations: list[dict[str, Any]]
     training_started: float | None = None  # when Trainer's training loop began (its train_runtime's start)
+    resuming_from: Path | None = None  # the checkpoint this train() call resumes from
+    length_sampler: ShuffledLengthGroupedSampler | None = None  # the training batches', if length-grouped
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.evaluations = []
         self.add_callback(_TrainingClock(self))
 
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if self.model is not None:
+            follow_optimizer(self.model, optimizer)
+        return optimizer
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        self.resuming_from = Path(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         sampler = super()._get_train_sampler(train_dataset)
         if isinstance(sampler, LengthGroupedSampler):
-            return ShuffledLengthGroupedSampler(
+            sampler = ShuffledLengthGroupedSampler(
                 sampler.batch_size, lengths=sampler.lengths, generator=sampler.generator
             )
+            self.length_sampler = sampler
+            saved = self.resuming_from / SAMPLER_STATE_FILE if self.resuming_from else None
+            if saved is not None and saved.is_file():
+                sampler.replay = torch.load(saved, weights_only=True)
         return sampler
 
     def _task_loss(
@@ -200,15 +239,17 @@ class LlmkitTrainer(Trainer):
         final_root = Path(str(self.args.output_dir))
         staging_root = final_root / STAGING_DIR
         self.args.output_dir = str(staging_root)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         try:
             super()._save_checkpoint(model, trial)
+            if self.args.should_save and self.length_sampler is not None and self.length_sampler.drawn:
+                torch.save(self.length_sampler.drawn, staging_root / name / SAMPLER_STATE_FILE)
         finally:
             self.args.output_dir = str(final_root)
         # Every process writes its own random-number state into the checkpoint (and FSDP's
         # sharded saves write from every process): all must be done before it is moved into place.
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             move_into_place(staging_root / name, final_root / name)
             rotate_checkpoints(str(final_root), save_total_limit=self.args.save_total_limit)
 
