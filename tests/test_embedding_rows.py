@@ -194,3 +194,31 @@ def test_only_a_trained_table_read_nowhere_else_is_split(
         can_train_used_rows(_tiny_bert(bert_checkpoint), sharded=False)
     assert f"{USED_ROWS_ENV}='sometimes' is neither on nor off" in str(raised.value)
     assert "set it to 0 to train the whole word-embedding table as one parameter" in raised.value.hint
+
+
+def test_a_checkpoint_of_the_other_embedding_form_is_refused_with_the_setting_that_resumes_it(
+    bert_checkpoint: Path,
+    few_words_data: DataFiles,
+    make_recipe: Any,
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AdamW's moments of a checkpoint written with the whole table stepped do not fit the used
+    rows (llmkit before this change, or the variable set to 0): refused, saying what resumes it."""
+    recipe = make_recipe(bert_checkpoint, few_words_data, "full", train={**TRAIN, "checkpoint_every": 4})
+    failed = tmp_path / "failed"
+    monkeypatch.setenv(USED_ROWS_ENV, "0")
+    result = finetune_failing_at_step(monkeypatch, recipe, failed, step=10, message="a crash at step 10")
+    assert result.exit_code != 0
+    monkeypatch.delenv(USED_ROWS_ENV)
+
+    refused = cli("finetune", recipe, "--output-dir", failed, "--resume")
+    assert refused.exit_code == 2, explain(refused)
+    assert "Cannot resume from" in refused.stderr and "checkpoint-8" in refused.stderr
+    assert f"resumes with {USED_ROWS_ENV}=0" in refused.stderr
+
+    monkeypatch.setenv(USED_ROWS_ENV, "0")
+    resumed = cli("finetune", recipe, "--output-dir", failed, "--resume")
+    assert resumed.exit_code == 0, explain(resumed)
+    assert results_of(failed)["train"]["embedding_rows_trained"] is None

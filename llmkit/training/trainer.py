@@ -22,7 +22,7 @@ from llmkit.errors import LlmkitError
 from llmkit.fsutil import dumps, move_into_place
 from llmkit.methods import get_method
 from llmkit.training.batching import BatchPlan
-from llmkit.training.embedding_rows import follow_optimizer
+from llmkit.training.embedding_rows import USED_ROWS_ENV, follow_optimizer
 from llmkit.training.precision import resolve_precision, training_attention_kernels
 from llmkit.training.stopping import target_reached
 from llmkit.training.strategies import (
@@ -134,7 +134,23 @@ class LlmkitTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if self.model is not None:
             follow_optimizer(self.model, optimizer)
+        optimizer.register_load_state_dict_post_hook(self._check_resumed_optimizer_state)
         return optimizer
+
+    def _check_resumed_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """A checkpoint's optimizer state must fit the weights it steps: torch loads moments of
+        another shape without a word, and the first step then fails on a size mismatch."""
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                moment = optimizer.state.get(parameter, {}).get("exp_avg")
+                if moment is not None and moment.shape != parameter.shape:
+                    raise LlmkitError(
+                        f"Cannot resume from '{self.resuming_from}': its optimizer state has a moment of "
+                        f"shape {tuple(moment.shape)} for a weight of shape {tuple(parameter.shape)}.",
+                        hint=f"a checkpoint of an llmkit that stepped the whole word-embedding table "
+                        f"resumes with {USED_ROWS_ENV}=0 (and one that stepped only the rows its data "
+                        f"uses, without it); otherwise start over with --overwrite",
+                    )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         self.resuming_from = Path(resume_from_checkpoint) if isinstance(resume_from_checkpoint, str) else None
