@@ -234,8 +234,10 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
                 run.path, splits["train"], prepared.task, recipe.data, recipe.train.eval_batch_size
             )
         splits = {**splits, "train": splits["train"].add_column(ROW, list(range(len(splits["train"]))))}
-    sharded = recipe.train.distributed.strategy != "ddp"
-    with used_rows_while_training(prepared.model, prepared.tokenizer, splits["train"], sharded) as used_rows:
+    engine_owned = recipe.train.distributed.engine_owns_parameters
+    with used_rows_while_training(
+        prepared.model, prepared.tokenizer, splits["train"], engine_owned
+    ) as used_rows:
         trainer = build_trainer(
             recipe,
             prepared.model,

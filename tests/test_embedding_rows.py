@@ -175,23 +175,26 @@ def test_only_a_trained_table_read_nowhere_else_is_split(
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from llmkit.errors import LlmkitError
+    from llmkit.recipe.schema import DistributedSection
 
-    assert can_train_used_rows(_tiny_bert(bert_checkpoint), sharded=False)
-    assert not can_train_used_rows(_tiny_bert(bert_checkpoint), sharded=True)
+    assert can_train_used_rows(_tiny_bert(bert_checkpoint), engine_owned=False)
+    assert not can_train_used_rows(_tiny_bert(bert_checkpoint), engine_owned=True)
+    owned = {s: DistributedSection(strategy=s).engine_owns_parameters for s in ("ddp", "fsdp", "deepspeed")}
+    assert owned == {"ddp": False, "fsdp": True, "deepspeed": True}
     classifier = AutoModelForSequenceClassification.from_pretrained(gpt2_checkpoint, num_labels=2)
-    assert can_train_used_rows(classifier, sharded=False)
+    assert can_train_used_rows(classifier, engine_owned=False)
     language_model = AutoModelForCausalLM.from_pretrained(gpt2_checkpoint)
     assert language_model.get_output_embeddings().weight is language_model.get_input_embeddings().weight
-    assert not can_train_used_rows(language_model, sharded=False)  # tied to the LM head
+    assert not can_train_used_rows(language_model, engine_owned=False)  # tied to the LM head
     frozen = _tiny_bert(bert_checkpoint)
     frozen.get_input_embeddings().weight.requires_grad_(False)
-    assert not can_train_used_rows(frozen, sharded=False)
+    assert not can_train_used_rows(frozen, engine_owned=False)
 
     monkeypatch.setenv(USED_ROWS_ENV, "off")
-    assert not can_train_used_rows(_tiny_bert(bert_checkpoint), sharded=False)
+    assert not can_train_used_rows(_tiny_bert(bert_checkpoint), engine_owned=False)
     monkeypatch.setenv(USED_ROWS_ENV, "sometimes")
     with pytest.raises(LlmkitError) as raised:
-        can_train_used_rows(_tiny_bert(bert_checkpoint), sharded=False)
+        can_train_used_rows(_tiny_bert(bert_checkpoint), engine_owned=False)
     assert f"{USED_ROWS_ENV}='sometimes' is neither on nor off" in str(raised.value)
     assert "set it to 0 to train the whole word-embedding table as one parameter" in raised.value.hint
 

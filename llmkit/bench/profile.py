@@ -43,10 +43,10 @@ def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str
 
     recipe = load_recipe(recipe_path, [*overrides, f"train.max_steps={steps + WARM_UP_STEPS}"])
     prepared = prepare(recipe)
-    sharded = recipe.train.distributed.strategy != "ddp"
+    engine_owned = recipe.train.distributed.engine_owns_parameters
     with (
         tempfile.TemporaryDirectory() as scratch,
-        used_rows_while_training(prepared.model, prepared.tokenizer, prepared.splits["train"], sharded),
+        used_rows_while_training(prepared.model, prepared.tokenizer, prepared.splits["train"], engine_owned),
     ):
         trainer = scratch_trainer(prepared, Path(scratch))
         padding = _padding_share(trainer, steps + WARM_UP_STEPS)

@@ -239,6 +239,12 @@ class DistributedSection(Section):
         return self
 
     @property
+    def engine_owns_parameters(self) -> bool:
+        """Whether FSDP or DeepSpeed rebuilds the model's parameters (flat, sharded or partitioned)
+        and steps them with its own optimizer wrapper; DDP and one process keep the model's."""
+        return self.strategy != "ddp"
+
+    @property
     def shards(self) -> bool:
         """Whether parameters live in pieces across processes (saving must gather them)."""
         return self.strategy == "fsdp" or (self.strategy == "deepspeed" and self.zero_stage in (None, 3))

@@ -5,8 +5,9 @@ nowhere in the training set has a zero gradient at every step, so AdamW's moment
 and its update is the weight decay alone: the row is multiplied by (1 - lr * weight_decay). Yet a
 training step zeroes the dense gradient of the whole table, adds the batch's rows into it, takes
 its norm for clipping, scales it and runs AdamW over every row: BERT's vocabulary is 30,522 rows,
-11.7M of MiniLM-L6's 22.7M weights, and 3000 SST-2 rows use 5,877 of them. On a 2-core CPU in bf16
-that is ~11 of ~145 ms a step (AdamW 4.6, the gradient's zeroing 4.4, clipping 2.7).
+11.7M of MiniLM-L6's 22.7M weights, and 3000 SST-2 rows use 5,877 of them (5,880 with the special
+tokens). On a 2-core CPU in bf16 that is ~11 of ~145 ms a step (AdamW 4.6, the gradient's zeroing
+4.4, clipping 2.7).
 
 So while a model whose every weight trains is in training, its input embedding is replaced by
 UsedRowsEmbedding: the rows of the tokens in the tokenised training split (and the tokenizer's
@@ -19,9 +20,9 @@ rounding only. A checkpoint holds the whole table under the embedding's own name
 into either form; after training the model's own nn.Embedding is back, holding the trained table.
 
 Not where the table is also read elsewhere (a language-model head tied to it: every row has a
-gradient there), nor under FSDP or DeepSpeed (their sharded parameters are built from the model
-before this could change it), nor for other optimizers than AdamW, where a zero gradient does not
-mean the decay alone.
+gradient there), nor under FSDP or DeepSpeed (they rebuild the parameters into their own flat or
+sharded ones and step those through their own optimizer wrappers), nor for other optimizers than
+AdamW, where a zero gradient does not mean the decay alone.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from llmkit.runtime import switched_on
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -137,24 +140,24 @@ def used_token_ids(train_split: Dataset, special_ids: Iterable[int], vocabulary:
 
 
 def used_rows_while_training(
-    model: nn.Module, tokenizer: Any, train_split: Dataset, sharded: bool
+    model: nn.Module, tokenizer: Any, train_split: Dataset, engine_owned: bool
 ) -> contextlib.AbstractContextManager[Any]:
     """training_used_rows for the tokens of `train_split` where the model can train that way;
-    otherwise a block that changes nothing."""
-    if not can_train_used_rows(model, sharded):
+    otherwise a block that changes nothing. `engine_owned`: FSDP or DeepSpeed will own the
+    parameters (DistributedSection.engine_owns_parameters)."""
+    if not can_train_used_rows(model, engine_owned):
         return contextlib.nullcontext()
     vocabulary = model.get_input_embeddings().num_embeddings  # type: ignore[operator]
     return training_used_rows(model, used_token_ids(train_split, tokenizer.all_special_ids, vocabulary))
 
 
-def can_train_used_rows(model: nn.Module, sharded: bool) -> bool:
-    """Whether the model's input embedding trains as UsedRowsEmbedding (see the module)."""
-    from llmkit.runtime import switched_on
-
+def can_train_used_rows(model: nn.Module, engine_owned: bool) -> bool:
+    """Whether the model's input embedding trains as UsedRowsEmbedding (see the module);
+    `engine_owned`: FSDP or DeepSpeed will own the parameters."""
     if not switched_on(USED_ROWS_ENV, "train the whole word-embedding table as one parameter"):
         return False
     embedding = model.get_input_embeddings()  # type: ignore[operator]
-    if type(embedding) is not nn.Embedding or sharded or not embedding.weight.requires_grad:
+    if type(embedding) is not nn.Embedding or engine_owned or not embedding.weight.requires_grad:
         return False
     if embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:
         return False
