@@ -50,6 +50,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     from llmkit.models.checks import check_forward, check_positions, check_tokenizer
     from llmkit.models.loading import load_classifier
     from llmkit.tasks import task_for
+    from llmkit.training.embedding_rows import wants_used_rows
     from llmkit.training.precision import check_precision
     from llmkit.training.tracking import check_trackers
 
@@ -57,6 +58,7 @@ def prepare(recipe: Recipe, show_progress: bool = True) -> Prepared:
     if not show_progress:  # other processes of a multi-process run stay quiet
         datasets.disable_progress_bars()
     check_precision(recipe.train.precision)
+    wants_used_rows()  # an unclear LLMKIT_TRAIN_USED_EMBEDDING_ROWS fails here, before any writing
     check_trackers(recipe.train.report_to)
     task = task_for(recipe.task)
     distill = recipe.train.distill

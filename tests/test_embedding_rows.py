@@ -225,3 +225,20 @@ def test_a_checkpoint_of_the_other_embedding_form_is_refused_with_the_setting_th
     resumed = cli("finetune", recipe, "--output-dir", failed, "--resume")
     assert resumed.exit_code == 0, explain(resumed)
     assert results_of(failed)["train"]["embedding_rows_trained"] is None
+
+
+def test_an_unclear_used_rows_setting_fails_before_the_run_directory_is_made(
+    bert_checkpoint: Path,
+    few_words_data: DataFiles,
+    make_recipe: Any,
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(USED_ROWS_ENV, "perhaps")
+    run_dir = tmp_path / "run"
+    result = cli("finetune", make_recipe(bert_checkpoint, few_words_data, "full"), "--output-dir", run_dir)
+    assert result.exit_code == 2, explain(result)
+    assert f"{USED_ROWS_ENV}='perhaps' is neither on nor off" in result.stderr
+    assert "set it to 0 to train the whole word-embedding table as one parameter" in result.stderr
+    assert not run_dir.exists()

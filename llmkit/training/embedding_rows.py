@@ -151,10 +151,16 @@ def used_rows_while_training(
     return training_used_rows(model, used_token_ids(train_split, tokenizer.all_special_ids, vocabulary))
 
 
+def wants_used_rows() -> bool:
+    """LLMKIT_TRAIN_USED_EMBEDDING_ROWS: on unless 0/false/no/off; another value is an error,
+    which `finetune` raises before it writes anything (pipeline.prepare asks first)."""
+    return switched_on(USED_ROWS_ENV, "train the whole word-embedding table as one parameter")
+
+
 def can_train_used_rows(model: nn.Module, engine_owned: bool) -> bool:
     """Whether the model's input embedding trains as UsedRowsEmbedding (see the module);
     `engine_owned`: FSDP or DeepSpeed will own the parameters."""
-    if not switched_on(USED_ROWS_ENV, "train the whole word-embedding table as one parameter"):
+    if not wants_used_rows():
         return False
     embedding = model.get_input_embeddings()  # type: ignore[operator]
     if type(embedding) is not nn.Embedding or engine_owned or not embedding.weight.requires_grad:
