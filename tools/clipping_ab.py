@@ -5,8 +5,8 @@ step already reads each gradient and divides it by a `grad_scale` tensor when on
 a gradient scaler unscales through), so setting grad_scale to max(1, norm / max_norm) clips inside
 the step and saves that second pass. It gives the same update up to rounding (seeded runs part
 ways by it: validation accuracy 0.8062 on both sides at seed 42, 0.8005 against 0.7993 at seed 2);
-it saved 2-3 ms in the optimizer alone but under 1% of a whole step, so llmkit clips as Trainer
-does. Measured two ways:
+it saved 2-3 ms in the optimizer alone (measured by an earlier form of this tool) but under 1%
+of a whole step, so llmkit clips as Trainer does. Measured two ways:
 
     .venv/bin/python tools/clipping_ab.py step recipes/sst2-minilm-full.yaml --rounds 12
     .venv/bin/python tools/clipping_ab.py finetune recipes/sst2-minilm-full.yaml --pairs 3 \\
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from first_position_ab import sentences  # tools/ is on the path of a script run from it
 from transformers import set_seed
 
 from llmkit.data.loading import LABELS
@@ -77,12 +78,6 @@ def trainer_clipping_in_step(trainer: Any, model: torch.nn.Module) -> torch.Tens
     return clip_in_step(trainer.optimizer.optimizer, model.parameters(), trainer.args.max_grad_norm)
 
 
-def sentences(path: Path | str | None, count: int) -> list[str]:
-    assert path is not None, "the recipe names no training file"
-    lines = Path(path).read_text(encoding="utf-8").splitlines()[1 : count + 1]
-    return [line.split("\t")[1] for line in lines]
-
-
 def step_ab(recipe_path: Path, rounds: int, steps: int, batch_size: int) -> None:
     recipe = load_recipe(recipe_path)
     set_seed(0)
@@ -90,15 +85,16 @@ def step_ab(recipe_path: Path, rounds: int, steps: int, batch_size: int) -> None
         recipe.model.checkpoint, ["negative", "positive"], recipe.model.revision, dropout=recipe.model.dropout
     )
     model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
-    rows = sentences(recipe.data.train_file, 3000)
+    rows = sentences(recipe.data.train_file)[:3000]
     ids = [i for row in loaded.tokenizer(rows)["input_ids"] for i in row] + loaded.tokenizer.all_special_ids
     used = torch.unique(torch.tensor(ids))
     with training_used_rows(loaded.model, used):
         model.train()
-        # Batches of rows of similar length, as length grouping makes them.
+        # Batches of rows of similar length, as length grouping makes them, spread over the lengths.
         by_length = sorted(rows, key=len)
+        stride = (len(by_length) - batch_size) // max(steps - 1, 1)
         batches = []
-        for start in range(0, steps * batch_size * 8, batch_size * 8):
+        for start in range(0, stride * steps, stride):
             batch = dict(
                 loaded.tokenizer(by_length[start : start + batch_size], padding=True, return_tensors="pt")
             )
