@@ -187,8 +187,8 @@ def test_rows_held_in_memory_are_tokenised_without_hashing_the_tokenizer(
     bert_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """datasets names a map's result by pickling the function, tokenizer and vocabulary included
-    (0.15-0.45 s): worth it for files, whose tokenised copy is cached under that name, not for the
-    rows `predict` holds in memory."""
+    (0.15-0.45 s): worth it for files, whose tokenised copy is cached under that name, not for
+    rows held in memory."""
     import datasets.arrow_dataset
     from datasets import Dataset, load_dataset
     from transformers import AutoTokenizer
@@ -216,6 +216,131 @@ def test_rows_held_in_memory_are_tokenised_without_hashing_the_tokenizer(
     again = tokenize_split(from_file, tokenizer, ["text"], 16, "input")
     assert first._fingerprint == again._fingerprint  # the same name: the cached copy is found
     assert first.cache_files == again.cache_files
+
+
+@pytest.mark.parametrize("architecture", ["bert", "gpt2"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_prediction_batches_are_the_collators_batches(
+    checkpoints: dict[str, Path], architecture: str, side: str
+) -> None:
+    """Prediction pads its batches itself (tokenizer.pad took as long as a small model's forward
+    pass): the same tensors DataCollatorWithPadding makes, on either padding side, token type
+    ids included, and the same logits."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from llmkit.inference import model_input_columns, padded_batch, predict_logits
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoints[architecture])
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = side
+    texts = ["good", "a rather long and winding film", "bad film", "it is what it is"]
+    columns = model_input_columns(tokenizer(texts, truncation=True, max_length=16))
+    rows = [2, 1, 3]
+    ours = padded_batch(columns, rows, tokenizer)
+    theirs = DataCollatorWithPadding(tokenizer)(
+        [{name: values[i] for name, values in columns.items()} for i in rows]
+    )
+    assert set(ours) == set(theirs) and set(ours) >= {"input_ids", "attention_mask"}
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+
+    model, _ = _wrapped(checkpoints[architecture], "full")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    with torch.no_grad():
+        expected = model(**theirs).logits.numpy()
+    alone = predict_logits(
+        model,
+        tokenizer,
+        {k: [v[i] for i in rows] for k, v in columns.items()},
+        batch_size=3,
+        sort_by_length=False,
+    )
+    assert alone == pytest.approx(expected, abs=1e-5)
+
+
+def test_prediction_tokenises_the_rows_in_one_call_and_refuses_none(
+    bert_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows to predict are tokenised by the tokenizer directly (a datasets map's arrow writing
+    took half of predicting SST-2's dev rows with a one-layer model), as training tokenises them;
+    no rows is an error that says so."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from llmkit.errors import DataError
+    from llmkit.recipe.schema import DataSection
+    from llmkit.tasks.sequence_classification import predict_probabilities
+
+    tokenizer = AutoTokenizer.from_pretrained(bert_checkpoint)
+    model, _ = _wrapped(bert_checkpoint, "full")
+    model.eval()
+    data = DataSection.model_validate(
+        {"train_file": "x.csv", "validation_file": "x.csv", "text_columns": ["text"], "max_length": 8},
+        strict=False,
+    )
+    texts = ["good film", "a rather long and winding film that goes on and on", "bad"]
+    monkeypatch.setattr(
+        Dataset, "map", lambda *args, **kwargs: pytest.fail("tokenised through a datasets map")
+    )
+    probabilities = predict_probabilities(
+        model, tokenizer, Dataset.from_dict({"text": texts}), data, 2, "fp32"
+    )
+    encoded = tokenizer(texts, truncation=True, max_length=8, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.softmax(model(**encoded).logits, dim=-1).numpy()
+    assert probabilities == pytest.approx(expected, abs=1e-5)
+
+    with pytest.raises(DataError, match="There are no rows to predict"):
+        predict_probabilities(model, tokenizer, Dataset.from_dict({"text": []}), data, 2, "fp32")
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_inference_in_bf16_casts_each_weight_once_and_computes_what_autocast_does(
+    bert_checkpoint: Path, method: str
+) -> None:
+    """Under torch.inference_mode, or for frozen weights (an adapter's base), autocast casts every
+    weight again at every forward pass (44% of generating with SmolLM2 + LoRA in bf16); llmkit's
+    inference context makes it keep one copy per weight, with the same logits to the bit, and
+    leaves the weights' requires_grad as it found them, also when the forward pass fails."""
+    from torch.profiler import profile
+
+    from llmkit.training.precision import inference_precision
+
+    model, _ = _wrapped(bert_checkpoint, method)
+    model.eval()
+    frozen_before = [name for name, p in model.named_parameters() if not p.requires_grad]
+    batch = {
+        "input_ids": torch.tensor([[2, 5, 9, 7, 3], [2, 6, 4, 3, 0]]),
+        "attention_mask": torch.ones(2, 5),
+    }
+    batch["attention_mask"][1, 4] = 0
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(**batch).logits
+
+    def casts(passes: int) -> tuple[int, torch.Tensor]:
+        with inference_precision(model, "bf16", "cpu"), profile() as recorded:
+            for _ in range(passes):
+                logits = model(**batch).logits
+        return sum(e.count for e in recorded.key_averages() if e.key == "aten::_to_copy"), logits
+
+    once, logits = casts(1)
+    thrice, _ = casts(3)
+    assert torch.equal(logits, expected)
+    # Weights and biases of the encoder layers' linear maps: every pass multiplies by all of them.
+    weights = sum(
+        len(list(module.parameters(recurse=False)))
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and "encoder.layer" in name
+    )
+    assert weights > 0
+    # The second and third passes cast activations only: each at least `weights` casts fewer.
+    assert (thrice - once) / 2 <= once - weights
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == frozen_before
+
+    with pytest.raises(RuntimeError), inference_precision(model, "bf16", "cpu"):
+        raise RuntimeError("a forward pass failed")
+    assert [name for name, p in model.named_parameters() if not p.requires_grad] == frozen_before
 
 
 def _autograd_nodes(output: torch.Tensor) -> set[str]:

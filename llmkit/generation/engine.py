@@ -35,23 +35,20 @@ def generate_texts(
 ) -> list[Generation]:
     """One generation per prompt, in the order of `prompts`. Prompts longer than
     `max_prompt_tokens` keep their end (the part the completion follows), as training kept it."""
-    import torch
     from tqdm.auto import tqdm
 
-    from llmkit.training.precision import torch_dtype
+    from llmkit.training.precision import inference_precision
 
     encoded = [prompt_ids(tokenizer, prompt, chat)[-max_prompt_tokens:] for prompt in prompts]
     # Longest first, so similar lengths share a batch and a batch too large fails at once.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     device = next(model.parameters()).device
-    dtype = torch_dtype(precision)
     results: list[Generation | None] = [None] * len(encoded)
     was_training = model.training
     model.eval()
     try:
         with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32),
+            inference_precision(model, precision, device.type),
             tqdm(total=len(encoded), desc=description, unit="prompts", disable=None) as bar,
         ):
             for start in range(0, len(order), batch_size):

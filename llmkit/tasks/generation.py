@@ -540,17 +540,15 @@ class GenerationTask(Task):
         """The teacher reads the student's own tokenised rows (the vocabularies are the same),
         packed rows included; its top-k next-token logits are kept at every trained position."""
         import numpy as np
-        import torch
 
         from llmkit.distill.cache import TeacherTargets
         from llmkit.generation.data import pad_batch
-        from llmkit.training.precision import torch_dtype
+        from llmkit.training.precision import inference_precision
 
         teacher, train, batch_size, top_k = request.teacher, request.train, request.batch_size, request.top_k
 
         model = teacher.model
         device = next(model.parameters()).device
-        dtype = torch_dtype(teacher.precision)
         columns = [
             c for c in ("input_ids", "attention_mask", "labels", "position_ids") if c in train.column_names
         ]
@@ -558,7 +556,7 @@ class GenerationTask(Task):
         positions: list[np.ndarray] = []
         values: list[np.ndarray] = []
         indices: list[np.ndarray] = []
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with inference_precision(model, teacher.precision, device.type):
             for start in range(0, len(rows), batch_size):
                 chunk = rows[start : start + batch_size]
                 batch = pad_batch(chunk, teacher.tokenizer.pad_token_id)
@@ -617,19 +615,17 @@ def token_loss(
     model: Any, tokenised: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, precision: str
 ) -> tuple[float, float]:
     """Summed loss and trained-token count of a tokenised split (for `evaluate`)."""
-    import torch
 
     from llmkit.generation.data import pad_batch
-    from llmkit.training.precision import torch_dtype
+    from llmkit.training.precision import inference_precision
 
     device = next(model.parameters()).device
-    dtype = torch_dtype(precision)
     rows = [
         {k: row[k] for k in ("input_ids", "attention_mask", "labels")}
         for row in tokenised.select_columns(["input_ids", "attention_mask", "labels"])
     ]
     loss_sum, tokens = 0.0, 0.0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with inference_precision(model, precision, device.type):
         for start in range(0, len(rows), batch_size):
             batch = {
                 k: v.to(device)

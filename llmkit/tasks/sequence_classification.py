@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from llmkit.errors import ModelError
+from llmkit.errors import DataError, ModelError
 from llmkit.tasks.registry import Task, TaskEvaluation, TaskOptions, TaskReport, register_task
 
 if TYPE_CHECKING:
@@ -336,13 +336,17 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Per-label probabilities (rows x labels) of the texts in `dataset`'s text columns, in order:
     tokenised as training tokenised, batched by similar length, computed in `precision`."""
-    from llmkit.data.tokenize import tokenize_split
-    from llmkit.inference import predict_logits, softmax
+    from llmkit.data.tokenize import encode_texts
+    from llmkit.inference import NO_ROWS, predict_logits, softmax
 
-    tokenised = tokenize_split(
-        dataset.select_columns(data.text_columns), tokenizer, data.text_columns, data.max_length, "input"
-    )
-    logits = predict_logits(model, tokenizer, tokenised, batch_size, precision=precision)
+    if len(dataset) == 0:
+        raise DataError(NO_ROWS)  # before the tokenizer, which fails on no texts
+
+    # Tokenised in one call, not through a datasets map: rows to predict are read once, and the
+    # map's arrow writing took longer than tokenising (30 of 60 ms for SST-2's 872 dev rows).
+    columns = dataset.select_columns(data.text_columns).to_dict()
+    encoded = encode_texts(tokenizer, [columns[column] for column in data.text_columns], data.max_length)
+    logits = predict_logits(model, tokenizer, encoded, batch_size, precision=precision)
     return softmax(logits)
 
 

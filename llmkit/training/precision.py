@@ -4,6 +4,7 @@ loads, and the torch dtype it computes in."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -73,3 +74,32 @@ def training_attention_kernels(bf16: bool, device_type: str) -> contextlib.Abstr
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
+
+
+@contextlib.contextmanager
+def inference_precision(model: Any, precision: str, device_type: str) -> Iterator[None]:
+    """Where `model`'s forward passes without gradients run (evaluation, prediction, generation, a
+    teacher's logits): gradients off, matrix products in `precision` under autocast, as Trainer's
+    evaluation computes them, each weight cast to half precision once per context.
+
+    Autocast keeps the half-precision copy it makes of a weight for the rest of its context only
+    for a leaf tensor that requires grad, and only outside inference mode; otherwise every forward
+    pass casts every weight again: in prediction with MiniLM in bf16, 14% of the time; in
+    generation, every weight at every new token, 44% of the time of SmolLM2 with a LoRA adapter
+    (whose base weights are frozen). So under autocast the context is torch.no_grad, and frozen
+    weights are marked as requiring grad while it lasts (no graph is recorded under no_grad). The
+    copies are the casts autocast makes anyway, so the results are the same to the bit."""
+    dtype = torch_dtype(precision)
+    if dtype == torch.float32:
+        with torch.inference_mode():
+            yield
+        return
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    try:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype):
+            yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
