@@ -214,7 +214,7 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
     from llmkit.models.parameters import base_model, parameter_counts
     from llmkit.training.embedding_rows import used_rows_while_training
     from llmkit.training.flops import flops_per_example
-    from llmkit.training.precision import resolve_precision
+    from llmkit.training.precision import frozen_weights_in_half_precision, resolve_precision
     from llmkit.training.strategies import (
         engine_tensors_at_rest,
         gathered_state_dict,
@@ -237,9 +237,12 @@ def _train(prepared: Prepared, run: RunDirectory, resume_from: Path | None, plan
             )
         splits = {**splits, "train": splits["train"].add_column(ROW, list(range(len(splits["train"]))))}
     engine_owned = recipe.train.distributed.engine_owns_parameters
-    with used_rows_while_training(
-        prepared.model, prepared.tokenizer, splits["train"], engine_owned
-    ) as used_rows:
+    with (
+        used_rows_while_training(
+            prepared.model, prepared.tokenizer, splits["train"], engine_owned
+        ) as used_rows,
+        frozen_weights_in_half_precision(prepared.model, recipe.train.precision, engine_owned),
+    ):
         trainer = build_trainer(
             recipe,
             prepared.model,

@@ -343,6 +343,73 @@ def test_inference_in_bf16_casts_each_weight_once_and_computes_what_autocast_doe
     assert [name for name, p in model.named_parameters() if not p.requires_grad] == frozen_before
 
 
+@pytest.mark.parametrize("architecture", ["bert", "gpt2"])
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_frozen_weights_train_in_half_precision_with_the_same_loss_and_gradients(
+    checkpoints: dict[str, Path], architecture: str, method: str
+) -> None:
+    """An adapter's frozen base weights are cast to bf16 once for the whole training instead of
+    by autocast at every step: the same loss and gradients to the bit, and the fp32 tensors back
+    when training ends (also after an error)."""
+    from llmkit.training.precision import frozen_weights_in_half_precision
+
+    torch.manual_seed(0)
+    model, _ = _wrapped(checkpoints[architecture], method)
+    model.train()
+    batch = {
+        "input_ids": torch.tensor([[2, 5, 9, 7, 3], [2, 6, 4, 3, 3]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]),
+        "labels": torch.tensor([0, 1]),
+    }
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    originals = {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()}
+
+    def loss_and_gradients() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), {name: p.grad.clone() for name, p in trainable.items() if p.grad is not None}
+
+    expected_loss, expected_gradients = loss_and_gradients()
+    with frozen_weights_in_half_precision(model, "bf16", engine_owned=False) as held:
+        assert held > 0
+        dtypes = {name: p.dtype for name, p in model.named_parameters()}
+        assert {dtypes[name] for name in trainable} == {torch.float32}
+        assert torch.bfloat16 in dtypes.values()
+        loss, gradients = loss_and_gradients()
+    assert torch.equal(loss, expected_loss)
+    assert gradients.keys() == expected_gradients.keys()
+    for name, gradient in gradients.items():
+        assert torch.equal(gradient, expected_gradients[name]), name
+    assert {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()} == originals
+
+    with pytest.raises(RuntimeError), frozen_weights_in_half_precision(model, "bf16", engine_owned=False):
+        raise RuntimeError("a training step failed")
+    assert {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()} == originals
+
+
+def test_weights_read_twice_or_owned_by_an_engine_stay_fp32(gpt2_checkpoint: Path) -> None:
+    """A language-model head tied to the input embedding is looked up in fp32 too, so it is not
+    cast; under FSDP or DeepSpeed (one dtype per flattened tensor) and in fp32 nothing is."""
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.training.precision import frozen_weights_in_half_precision
+
+    model = AutoModelForCausalLM.from_pretrained(gpt2_checkpoint, tie_word_embeddings=True)
+    model.requires_grad_(False)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    with frozen_weights_in_half_precision(model, "bf16", engine_owned=False) as held:
+        assert held > 0
+        assert model.lm_head.weight.dtype == torch.float32
+        assert model.transformer.h[0].mlp.c_fc.weight.dtype == torch.bfloat16  # a Conv1D
+    for precision, engine_owned in (("bf16", True), ("fp32", False)):
+        with frozen_weights_in_half_precision(model, precision, engine_owned) as held:
+            assert held == 0
+            assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 def _autograd_nodes(output: torch.Tensor) -> set[str]:
     """The names of the backward functions that computing `output` recorded."""
     names: set[str] = set()

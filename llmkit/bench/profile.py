@@ -39,7 +39,7 @@ def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str
     from llmkit.pipeline import prepare
     from llmkit.recipe.loading import load_recipe
     from llmkit.training.embedding_rows import used_rows_while_training
-    from llmkit.training.precision import resolve_precision
+    from llmkit.training.precision import frozen_weights_in_half_precision, resolve_precision
 
     recipe = load_recipe(recipe_path, [*overrides, f"train.max_steps={steps + WARM_UP_STEPS}"])
     prepared = prepare(recipe)
@@ -47,6 +47,7 @@ def profile_training(recipe_path: Path, overrides: list[str], steps: int) -> str
     with (
         tempfile.TemporaryDirectory() as scratch,
         used_rows_while_training(prepared.model, prepared.tokenizer, prepared.splits["train"], engine_owned),
+        frozen_weights_in_half_precision(prepared.model, recipe.train.precision, engine_owned),
     ):
         trainer = scratch_trainer(prepared, Path(scratch))
         padding = _padding_share(trainer, steps + WARM_UP_STEPS)
