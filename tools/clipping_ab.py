@@ -35,13 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from first_position_ab import sentences  # tools/ is on the path of a script run from it
-from transformers import set_seed
+from first_position_ab import recipe_model, sentences  # tools/ is on the path of a script run from it
 
 from llmkit.data.loading import LABELS
-from llmkit.methods import get_method
-from llmkit.models.loading import load_classifier
-from llmkit.recipe.loading import load_recipe
 from llmkit.training.embedding_rows import training_used_rows
 
 # `llmkit finetune` as it is, and with its trainer clipping in the step (single process, fused
@@ -79,12 +75,7 @@ def trainer_clipping_in_step(trainer: Any, model: torch.nn.Module) -> torch.Tens
 
 
 def step_ab(recipe_path: Path, rounds: int, steps: int, batch_size: int) -> None:
-    recipe = load_recipe(recipe_path)
-    set_seed(0)
-    loaded = load_classifier(
-        recipe.model.checkpoint, ["negative", "positive"], recipe.model.revision, dropout=recipe.model.dropout
-    )
-    model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
+    recipe, loaded, model = recipe_model(recipe_path)
     rows = sentences(recipe.data.train_file)[:3000]
     ids = [i for row in loaded.tokenizer(rows)["input_ids"] for i in row] + loaded.tokenizer.all_special_ids
     used = torch.unique(torch.tensor(ids))

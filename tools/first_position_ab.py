@@ -36,6 +36,17 @@ def sentences(path: Path | str | None) -> list[str]:
     return [line.split("\t")[1] for line in Path(path).read_text(encoding="utf-8").splitlines()[1:]]
 
 
+def recipe_model(path: Path) -> tuple[Any, Any, Any]:
+    """The recipe, its loaded checkpoint (a 2-label classifier, seeded head) and the model its
+    method wraps it into."""
+    recipe = load_recipe(path)
+    set_seed(0)
+    loaded = load_classifier(
+        recipe.model.checkpoint, ["negative", "positive"], recipe.model.revision, dropout=recipe.model.dropout
+    )
+    return recipe, loaded, get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -45,12 +56,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
 
-    recipe = load_recipe(args.recipe)
-    set_seed(0)
-    loaded = load_classifier(
-        recipe.model.checkpoint, ["negative", "positive"], recipe.model.revision, dropout=recipe.model.dropout
-    )
-    model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
+    recipe, loaded, model = recipe_model(args.recipe)
     # Only a BERT-style classifier has the shortcut to compare (llmkit gave it one on loading).
     assert compute_only_first_position(loaded.model), "the recipe's model is not a BERT-style classifier"
 

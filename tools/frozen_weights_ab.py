@@ -20,13 +20,9 @@ import time
 from pathlib import Path
 
 import torch
-from first_position_ab import sentences  # tools/ is on the path of a script run from it
-from transformers import set_seed
+from first_position_ab import recipe_model, sentences  # tools/ is on the path of a script run from it
 
 from llmkit.data.loading import LABELS
-from llmkit.methods import get_method
-from llmkit.models.loading import load_classifier
-from llmkit.recipe.loading import load_recipe
 from llmkit.training.precision import frozen_weights_in_half_precision, training_attention_kernels
 
 
@@ -40,12 +36,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per side")
     args = parser.parse_args()
 
-    recipe = load_recipe(args.recipe)
-    set_seed(0)
-    loaded = load_classifier(
-        recipe.model.checkpoint, ["negative", "positive"], recipe.model.revision, dropout=recipe.model.dropout
-    )
-    model = get_method(recipe.method.name).wrap(loaded.model, recipe.method, loaded.traits)
+    recipe, loaded, model = recipe_model(args.recipe)
     # Batches of rows of similar length, as length grouping makes them, spread over the lengths.
     by_length = sorted(sentences(recipe.data.train_file)[:3000], key=len)
     stride = (len(by_length) - args.batch_size) // max(args.steps - 1, 1)
