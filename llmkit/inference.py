@@ -88,12 +88,12 @@ def batched_logits(
     count = len(columns["input_ids"])
     if count == 0:
         raise DataError(NO_ROWS)
+    lengths = [len(ids) for ids in columns["input_ids"]]
     order = list(range(count))
     if sort_by_length:
         # Longest first: a batch that does not fit in memory fails at once, not at the end.
-        order.sort(key=lambda i: -len(columns["input_ids"][i]))
+        order.sort(key=lambda i: -lengths[i])
     device = next(model.parameters()).device
-    lengths = [len(ids) for ids in columns["input_ids"]]
     pending: tuple[list[int], torch.Tensor] | None = None
     with (
         inference_precision(model, precision, device.type),

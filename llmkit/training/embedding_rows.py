@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from llmkit.models.parameters import readers_per_parameter
 from llmkit.runtime import switched_on
 
 if TYPE_CHECKING:
@@ -168,8 +169,7 @@ def can_train_used_rows(model: nn.Module, engine_owned: bool) -> bool:
     if embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:
         return False
     # Read anywhere else too (a language-model head tied to it), every row gets gradients there.
-    readers = [p for _, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight]
-    return len(readers) == 1
+    return readers_per_parameter(model)[id(embedding.weight)] == 1
 
 
 @contextlib.contextmanager

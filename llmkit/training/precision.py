@@ -120,12 +120,12 @@ def frozen_weights_in_half_precision(model: Any, precision: str, engine_owned: b
     flatten them into tensors of one dtype)."""
     from transformers.pytorch_utils import Conv1D
 
+    from llmkit.models.parameters import readers_per_parameter
+
     dtype = torch_dtype(precision)
     held: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     if dtype != torch.float32 and not engine_owned:
-        readers: dict[int, int] = {}
-        for _, parameter in model.named_parameters(remove_duplicate=False):
-            readers[id(parameter)] = readers.get(id(parameter), 0) + 1
+        readers = readers_per_parameter(model)
         for module in model.modules():
             if not isinstance(module, torch.nn.Linear | Conv1D):
                 continue
