@@ -5,10 +5,12 @@ llmkit/versions.py's)."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import platform
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from llmkit.errors import LlmkitError
@@ -31,6 +33,7 @@ def distributed_state() -> Any:
 
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.num_processes > 1:
+        _process_end.in_process_group = True
         atexit.unregister(leave_process_group)  # once, however many times the state is asked for
         atexit.register(leave_process_group)
     return state
@@ -38,14 +41,71 @@ def distributed_state() -> Any:
 
 def leave_process_group() -> None:
     """Destroys the process group while the interpreter is still whole, as torch asks of every
-    program: left to the interpreter's shutdown, gloo's worker threads are torn down after Python's,
-    which can abort a process after its run completed ("terminate called without an active
-    exception", pytorch/pytorch#190489). It did not stop such an abort in the FSDP-over-gloo test
-    (tests/test_strategies.py), whose cause is still unknown."""
+    program (pytorch/pytorch#190489). That alone does not stop the abort at exit that
+    `end_without_teardown` prevents: gloo's worker threads outlive it."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class _ProcessEnd:
+    """What `end_without_teardown` needs to know at exit: the exit code the command ended with
+    (None until it ended, or when it was interrupted) and whether this process joined a group."""
+
+    exit_code: int | None = None
+    in_process_group = False
+
+
+_process_end = _ProcessEnd()
+
+
+def run_command(main: Callable[[], object]) -> None:
+    """Runs the command line `main` (which ends by raising SystemExit, as Typer's apps do) in a
+    process that ends as `end_without_teardown` says. `main` imports the libraries: their exit
+    handlers are then registered after this one's, and run before it."""
+    atexit.register(end_without_teardown)  # handlers run last-registered first: this one last
+    try:
+        main()
+    except SystemExit as ending:
+        _process_end.exit_code = exit_code_of(ending)
+        raise
+    except KeyboardInterrupt:  # Python's own ending for it (killed by SIGINT), with its teardown
+        raise
+    except BaseException:  # Python prints the traceback and exits with 1
+        _process_end.exit_code = 1
+        raise
+    _process_end.exit_code = 0
+
+
+def exit_code_of(ending: SystemExit) -> int:
+    """The status Python exits with for this SystemExit: None is 0, an int itself, anything
+    else (a message Python prints) 1."""
+    if ending.code is None:
+        return 0
+    return ending.code if isinstance(ending.code, int) else 1
+
+
+def end_without_teardown() -> None:
+    """The last exit handler of a process that joined a process group: it ends the process with
+    the command's exit code once every other exit handler ran (the process group left, logs
+    flushed, Python's threads joined), skipping the interpreter's teardown after them.
+
+    In that teardown a completed run could abort ("terminate called without an active
+    exception", exit -6; caught in a core dump on 2026-12-02, 1 of 60 two-process CPU runs): a
+    worker thread of gloo's, releasing a finished collective whose tensors Python still
+    referenced, asks for the GIL while the interpreter finalizes, and Python ends such a thread in
+    a way C++ cannot unwind through. pytorch/pytorch#179291 describes it and was abandoned; no
+    order of cleanup in Python closes the window, because the thread drops its reference
+    whenever it is next scheduled. Nothing a run writes waits for that teardown: files are
+    closed by then, and stdout and stderr are flushed here."""
+    if _process_end.exit_code is None or not _process_end.in_process_group:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        # A closed or replaced stream has nothing left to keep.
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            stream.flush()
+    os._exit(_process_end.exit_code)
 
 
 def set_up_process() -> None:

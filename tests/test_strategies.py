@@ -352,14 +352,9 @@ def test_fsdp_path_on_two_cpu_processes_with_accelerates_gpu_gate_lifted(
         result = finetune("--resume")
     else:
         result = finetune()
-    # FSDP over gloo is this test's configuration only (llmkit refuses FSDP without CUDA). After a
-    # completed run, a process of it sometimes aborts while its interpreter shuts down: "terminate
-    # called without an active exception" from a thread of gloo's (2 of 3 CI runs on 2026-11-30,
-    # also with the process group destroyed at exit; DDP over gloo never did). That abort alone is
-    # let pass; the run is judged by what it wrote, below.
-    completed = json.loads((run_dir / "status.json").read_text())["state"] == "completed"
-    aborted_at_exit = completed and "terminate called without an active exception" in result.stderr
-    assert result.returncode == 0 or aborted_at_exit, result.stderr[-4000:]
+    # A completed run's processes end without the interpreter's teardown, where one of them
+    # aborted in 2 of 3 CI runs on 2026-11-30 (llmkit.runtime.end_without_teardown).
+    assert result.returncode == 0, result.stderr[-4000:]
     results = results_of(run_dir)
     assert (results["train"]["distributed_type"], results["train"]["world_size"]) == ("FSDP", 2)
     assert results["train"]["resumed_from_step"] == (25 if method == "lora" else None)
