@@ -134,6 +134,37 @@ def test_the_loss_is_the_formula_on_a_hand_computed_batch() -> None:
     assert token_loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_token_level_tasks_weigh_every_distilled_position_alike_whatever_its_batch() -> None:
+    """As their task loss does (llmkit.training.trainer), token classification's KL term divides
+    a batch's sum by the mean number of positions a micro-batch distils, not by the batch's own:
+    a short batch's positions weigh no more than a long one's."""
+    from llmkit.distill.cache import TEACHER_LOGITS, TEACHER_MASK
+    from llmkit.distill.loss import Distiller
+    from llmkit.recipe.schema import DistillSection
+    from llmkit.tasks import get_task
+
+    temperature = 2.0
+    options = DistillSection(teacher="unused", temperature=temperature, weight=1.0)
+    task = get_task("token_classification").build()
+    student = [[1.0, -0.5], [0.0, 2.0], [0.5, 0.5], [-1.0, 1.0]]
+    teacher = [[2.0, 0.0], [-0.5, 0.5], [1.0, -1.0], [0.0, 3.0]]
+    short = {TEACHER_LOGITS: torch.tensor([teacher[:1]]), TEACHER_MASK: torch.ones(1, 1, dtype=torch.bool)}
+    long = {TEACHER_LOGITS: torch.tensor([teacher[1:]]), TEACHER_MASK: torch.ones(1, 3, dtype=torch.bool)}
+    kl = [_kl_by_hand(t, s, temperature) for t, s in zip(teacher, student, strict=True)]
+
+    def losses(distiller: Distiller) -> tuple[float, float]:
+        first = distiller.loss(None, torch.tensor([student[:1]]), input_width=1, teacher=short)
+        rest = distiller.loss(None, torch.tensor([student[1:]]), input_width=3, teacher=long)
+        return first.item(), rest.item()
+
+    # rel 1e-5: a float32 softmax against a float64 one by hand.
+    fixed = losses(Distiller(options, task, positions_per_micro_batch=2.0))
+    assert fixed == pytest.approx((temperature**2 * kl[0] / 2, temperature**2 * sum(kl[1:]) / 2), rel=1e-5)
+    # Each batch's own count instead: the short batch's one position weighs three times as much.
+    own = losses(Distiller(options, task))
+    assert own == pytest.approx((temperature**2 * kl[0], temperature**2 * sum(kl[1:]) / 3), rel=1e-5)
+
+
 def test_top_k_teachers_compare_on_their_tokens_against_the_students_full_softmax() -> None:
     from llmkit.distill.loss import distillation_loss, kl_sum
 
@@ -196,15 +227,34 @@ def test_a_gpt2_teacher_teaches_a_bert_student_sequence_classification(
 
 
 def test_a_gpt2_teacher_teaches_a_bert_student_per_word(
-    tmp_path: Path, bert_checkpoint: Path, tagged: tuple[Path, Path], gpt2_tagger: Path
+    tmp_path: Path,
+    bert_checkpoint: Path,
+    tagged: tuple[Path, Path],
+    gpt2_tagger: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import yaml
+
+    from llmkit.training.trainer import LlmkitTrainer
 
     recipe = _tagging_recipe(tmp_path / "student.yaml", bert_checkpoint, tagged, {"epochs": 1})
     tree = yaml.safe_load(recipe.read_text())
     tree["train"]["distill"] = {"teacher": str(gpt2_tagger)}
     recipe.write_text(yaml.safe_dump(tree))
+    divisors: list[tuple[float | None, float | None]] = []
+    train = LlmkitTrainer.train
+
+    def recording_train(self: LlmkitTrainer, *args: Any, **kwargs: Any) -> Any:
+        assert self.distiller is not None
+        divisors.append((self.distiller.positions_per_micro_batch, self.labelled_tokens_per_micro_batch))
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlmkitTrainer, "train", recording_train)
     results = _finetune(recipe, tmp_path / "student")
+    # Every labelled word is a distilled position: the KL sum and the task loss's summed token
+    # losses are divided by the same mean count a micro-batch has.
+    [(distilled, labelled)] = divisors
+    assert distilled is not None and distilled == pytest.approx(labelled)
     label_names = results["data"]["label_names"]
 
     # Each word's teacher logits sit at the student's first sub-token of that word: the word-level

@@ -4,7 +4,9 @@
 
 where X_T = softmax(logits / T), the KL divergence is taken at every position the task distils
 (the example for sequence classification, each word's first sub-token for token classification,
-each trained next token for generation) and averaged over them. The T^2 factor (Hinton et al.,
+each trained next token for generation) and averaged over them: over the batch's positions for
+sequence classification, over the mean number a micro-batch has for the token-level tasks (as
+their task loss averages over the mean number of labelled tokens). The T^2 factor (Hinton et al.,
 2015) keeps the gradients of the softened term at the scale of the task loss's whatever T is.
 
 For generation the teacher's distribution is its top-k tokens, renormalised over them; the
@@ -46,7 +48,7 @@ def kl_sum(
 def distillation_loss(
     task_loss: torch.Tensor | None,
     kl_total: torch.Tensor,
-    positions: torch.Tensor | int,
+    positions: torch.Tensor | float,
     temperature: float,
     weight: float,
     accumulation: int = 1,
@@ -67,6 +69,11 @@ class Distiller:
 
     options: DistillSection
     task: Task
+    # Token-level tasks: the mean number of positions a training micro-batch distils. The KL sum
+    # of a batch is divided by it, as the task loss is by the mean labelled tokens, so that every
+    # position weighs the same in every batch; by the batch's own count, length-grouped batches
+    # of short rows would weigh each of their positions several times as much.
+    positions_per_micro_batch: float | None = None
 
     def loss(
         self,
@@ -90,4 +97,7 @@ class Distiller:
             teacher[TEACHER_INDICES].to(student.device) if TEACHER_INDICES in teacher else None,
         )
         options = self.options
-        return distillation_loss(task_loss, total, count, options.temperature, options.weight, accumulation)
+        positions = count if self.positions_per_micro_batch is None else self.positions_per_micro_batch
+        return distillation_loss(
+            task_loss, total, positions, options.temperature, options.weight, accumulation
+        )

@@ -244,8 +244,8 @@ class LlmkitTrainer(Trainer):
         else:  # rows the teacher alone labels
             task_loss, outputs = None, model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        # The distillation term is a mean over this micro-batch's positions, divided by the
-        # accumulation steps as the task loss is (by Trainer, or already when it does not).
+        # The distillation term is averaged as the task loss is (Distiller says over what), and
+        # divided by the accumulation steps as it is (by Trainer, or already when it does not).
         divided_later = self._divides_loss_by_accumulation(num_items_in_batch)
         accumulation = 1 if divided_later else self.current_gradient_accumulation_steps
         loss = self.distiller.loss(task_loss, logits, inputs["input_ids"].shape[1], teacher, accumulation)
@@ -512,6 +512,10 @@ def build_trainer(
         )
     if distillation is not None:
         trainer.distiller = Distiller(distillation.options, task)
+        if task.token_level_loss:
+            trainer.distiller.positions_per_micro_batch = (
+                max(distillation.positions, 1) * plan.micro_batch_size / max(len(train_dataset), 1)
+            )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(QuietProgress(task.metric_names(recipe.eval)))
