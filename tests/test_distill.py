@@ -20,6 +20,7 @@ from tagging import tagged_files
 
 TEACHER_TRAIN = {"epochs": 10, "learning_rate": 1e-3, "eval_batch_size": 8}
 STUDENT_TRAIN = {"epochs": 2, "learning_rate": 1e-3, "eval_batch_size": 8}
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 METHOD_TRAIN = {  # enough steps to show each method trains with a teacher, no more
     "full": {"learning_rate": 1e-3},
     "lora": {"learning_rate": 1e-2},
@@ -163,6 +164,29 @@ def test_token_level_tasks_weigh_every_distilled_position_alike_whatever_its_bat
     # Each batch's own count instead: the short batch's one position weighs three times as much.
     own = losses(Distiller(options, task))
     assert own == pytest.approx((temperature**2 * kl[0], temperature**2 * sum(kl[1:]) / 3), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "temperature"),
+    [
+        ("conll2003-minilm-lora.yaml", [], 1.0),
+        ("sst2-minilm-lora.yaml", [], 2.0),
+        ("e2e-smollm2-lora.yaml", [], 2.0),
+        ("conll2003-minilm-lora.yaml", ["train.distill.temperature=3"], 3.0),
+    ],
+)
+def test_the_temperature_is_the_tasks_own_unless_the_recipe_gives_one(
+    recipe: str, overrides: list[str], temperature: float
+) -> None:
+    """Token classification distils at T 1 (at T 2 the students fell below those without a
+    teacher, docs/distill-conll2003-cpu.md), the other tasks at T 2; the filled value is what
+    the run directory's recipe.yaml and results.json record."""
+    from llmkit.recipe.loading import load_recipe
+
+    loaded = load_recipe(RECIPES / recipe, ["train.distill={teacher: a-run}", *overrides])
+    assert loaded.train.distill is not None
+    assert loaded.train.distill.temperature == temperature
+    assert loaded.model_dump(mode="json")["train"]["distill"]["temperature"] == temperature
 
 
 def test_top_k_teachers_compare_on_their_tokens_against_the_students_full_softmax() -> None:

@@ -93,11 +93,11 @@ class Distiller:
             student,
             values.to(student.device),
             teacher[TEACHER_MASK],
-            self.options.temperature,
+            self.options.resolved_temperature,
             teacher[TEACHER_INDICES].to(student.device) if TEACHER_INDICES in teacher else None,
         )
         options = self.options
         positions = count if self.positions_per_micro_batch is None else self.positions_per_micro_batch
         return distillation_loss(
-            task_loss, total, positions, options.temperature, options.weight, accumulation
+            task_loss, total, positions, options.resolved_temperature, options.weight, accumulation
         )

@@ -56,7 +56,7 @@ class Distillation:
 
     def describe_lines(self, label_names: list[str]) -> list[str]:
         """--dry-run's lines about distillation."""
-        weight, temperature = self.options.weight, self.options.temperature
+        weight, temperature = self.options.weight, self.options.resolved_temperature
         return [
             self.teacher.summary(),
             f"  {self.label_check(label_names)}",

@@ -264,8 +264,10 @@ class DistillSection(Section):
         "directory for the task (e.g. `llmkit merge` output); relative to the recipe file. For "
         "classification it may have another architecture and tokenizer than the student."
     )
-    temperature: PositiveFloat = Field(
-        2.0, description="Softens both distributions before they are compared (T)."
+    temperature: PositiveFloat | None = Field(
+        None,
+        description="Softens both distributions before they are compared (T); null: the task's "
+        "default, 1 for token classification and 2 for the others.",
     )
     weight: float = Field(
         0.5,
@@ -286,6 +288,11 @@ class DistillSection(Section):
         description="Generation: the teacher's k likeliest next tokens kept per position in the cache "
         "(its distribution renormalised over them); classification keeps every label.",
     )
+
+    @property
+    def resolved_temperature(self) -> float:
+        assert self.temperature is not None  # filled from the task's default when the recipe loads
+        return self.temperature
 
 
 class TrainSection(Section):
@@ -422,8 +429,8 @@ class Recipe(Section):
     @model_validator(mode="before")
     @classmethod
     def _fill_method_defaults(cls, data: Any) -> Any:
-        """Default to sequence classification and full fine-tuning, and to the chosen method's own
-        learning rate."""
+        """Default to sequence classification and full fine-tuning, to the chosen method's own
+        learning rate and to the task's own distillation temperature."""
         if not isinstance(data, dict):
             return data
         task = data.get("task")
@@ -438,6 +445,13 @@ class Recipe(Section):
             train = data.setdefault("train", {})
             if spec is not None and isinstance(train, dict) and train.get("learning_rate") is None:
                 train["learning_rate"] = spec.options.default_learning_rate
+        train = data.get("train")
+        distill = train.get("distill") if isinstance(train, dict) else None
+        task = data.get("task")
+        task_name = task.get("name") if isinstance(task, dict) else getattr(task, "name", DEFAULT_TASK)
+        task_spec = TASKS.get(task_name) if isinstance(task_name, str) else None
+        if isinstance(distill, dict) and distill.get("temperature") is None and task_spec is not None:
+            distill["temperature"] = task_spec.task.distill_temperature
         return data
 
     @property

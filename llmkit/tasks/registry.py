@@ -74,6 +74,9 @@ class Task:
     # whose forward takes **kwargs (all of transformers 5), multiplying the loss and gradients by
     # the accumulation steps (train.micro_batch_size).
     model_loss_counts_items: ClassVar[bool] = False
+    # train.distill.temperature when the recipe gives none (the T that softens the teacher's and
+    # the student's distributions; Hinton et al. used 2 and more for classification).
+    distill_temperature: ClassVar[float] = 2.0
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options
