@@ -462,6 +462,11 @@ def training_arguments(
     )
 
 
+def _per_micro_batch(total: int, plan: BatchPlan, rows: int) -> float:
+    """The mean number a training micro-batch holds of something the training rows hold `total` of."""
+    return max(total, 1) * plan.micro_batch_size / max(rows, 1)
+
+
 def build_trainer(
     recipe: Recipe,
     model: Any,
@@ -507,14 +512,12 @@ def build_trainer(
     trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and task.model_loss_counts_items
     if task.token_level_loss:
         labelled = sum(sum(1 for label in row if label != -100) for row in train_dataset[LABELS])
-        trainer.labelled_tokens_per_micro_batch = (
-            max(labelled, 1) * plan.micro_batch_size / max(len(train_dataset), 1)
-        )
+        trainer.labelled_tokens_per_micro_batch = _per_micro_batch(labelled, plan, len(train_dataset))
     if distillation is not None:
         trainer.distiller = Distiller(distillation.options, task)
         if task.token_level_loss:
-            trainer.distiller.positions_per_micro_batch = (
-                max(distillation.positions, 1) * plan.micro_batch_size / max(len(train_dataset), 1)
+            trainer.distiller.positions_per_micro_batch = _per_micro_batch(
+                distillation.positions, plan, len(train_dataset)
             )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
